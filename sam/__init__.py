@@ -1,0 +1,6 @@
+"""Segment Anything (SAM ViT-B/L/H, MobileSAM, SlimSAM) in compact PyTorch."""
+
+from .build import CONFIGS, SamConfig, TinyViTConfig, ViTConfig, build_sam
+from .predictor import ImageEmbedding, SamPredictor
+
+__all__ = ["CONFIGS", "ImageEmbedding", "SamConfig", "SamPredictor", "TinyViTConfig", "ViTConfig", "build_sam"]

@@ -1,0 +1,1 @@
+"""SAM's modules with Meta's names: image encoders, prompt encoder, mask decoder."""

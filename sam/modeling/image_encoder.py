@@ -1,0 +1,190 @@
+"""SAM's ViT image encoder (ViT-B/L/H and SlimSAM's narrower variants).
+
+Module and parameter names follow Meta's `segment_anything.modeling.image_encoder`, so Meta's
+checkpoints load strictly. Attention runs through `scaled_dot_product_attention`; the decomposed
+relative-position bias is folded into extended queries and keys instead of being added to a
+materialised (H*W)x(H*W) score matrix.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .common import LayerNorm2d, MLPBlock
+
+
+class ImageEncoderViT(nn.Module):
+    def __init__(
+        self,
+        *,
+        img_size: int = 1024,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_dim: int | None = None,
+        out_chans: int = 256,
+        window_size: int = 14,
+        global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11),
+    ) -> None:
+        super().__init__()
+        self.img_size = img_size
+        grid = img_size // patch_size
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        self.pos_embed = nn.Parameter(torch.zeros(1, grid, grid, embed_dim))
+        self.blocks = nn.ModuleList(
+            Block(
+                dim=embed_dim,
+                num_heads=num_heads,
+                mlp_dim=mlp_dim or 4 * embed_dim,
+                window_size=0 if i in global_attn_indexes else window_size,
+                input_size=(grid, grid),
+            )
+            for i in range(depth)
+        )
+        self.neck = nn.Sequential(
+            nn.Conv2d(embed_dim, out_chans, kernel_size=1, bias=False),
+            LayerNorm2d(out_chans),
+            nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
+            LayerNorm2d(out_chans),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Bx3xSxS normalised pixels -> Bxout_chansx(S/16)x(S/16) embedding."""
+        x = self.patch_embed(x) + self.pos_embed
+        for blk in self.blocks:
+            x = blk(x)
+        return self.neck(x.permute(0, 3, 1, 2))
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """BxCxHxW -> Bx(H/p)x(W/p)xembed_dim."""
+        return self.proj(x).permute(0, 2, 3, 1)
+
+
+class Block(nn.Module):
+    """Transformer block with windowed (window_size > 0) or global attention."""
+
+    def __init__(
+        self, *, dim: int, num_heads: int, mlp_dim: int, window_size: int, input_size: tuple[int, int]
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        attn_size = input_size if window_size == 0 else (window_size, window_size)
+        self.attn = Attention(dim, num_heads, input_size=attn_size)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = MLPBlock(dim, mlp_dim)
+        self.window_size = window_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """BxHxWxC -> BxHxWxC."""
+        shortcut = x
+        x = self.norm1(x)
+        if self.window_size > 0:
+            H, W = x.shape[1], x.shape[2]
+            x, pad_hw = window_partition(x, self.window_size)
+            x = self.attn(x)
+            x = window_unpartition(x, self.window_size, pad_hw, (H, W))
+        else:
+            x = self.attn(x)
+        x = shortcut + x
+        return x + self.mlp(self.norm2(x))
+
+
+class Attention(nn.Module):
+    """Multi-head attention with decomposed relative positions (MViTv2)."""
+
+    def __init__(self, dim: int, num_heads: int, *, input_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        head_dim = dim // num_heads
+        self.scale = head_dim**-0.5
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+        self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_size[0] - 1, head_dim))
+        self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """BxHxWxC -> BxHxWxC."""
+        B, H, W, _ = x.shape
+        qkv = self.qkv(x).reshape(B, H * W, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each B x heads x HW x head_dim
+        q, k = fold_rel_pos(q, k, self.scale, self.rel_pos_h, self.rel_pos_w, (H, W))
+        x = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+        x = x.transpose(1, 2).reshape(B, H, W, -1)
+        return self.proj(x)
+
+
+def fold_rel_pos(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: float,
+    rel_pos_h: torch.Tensor,
+    rel_pos_w: torch.Tensor,
+    size: tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Extend q and k so that q' @ k'^T = scale * q @ k^T + rel_h + rel_w.
+
+    Meta adds rel_h[q, key_row] + rel_w[q, key_col] to the score matrix. The same sum comes out
+    of a dot product when q carries [scale * q, rel_h(q), rel_w(q)] and k carries [k, onehot(key_row),
+    onehot(key_col)], which lets the fused attention kernel do the work without an (HW)x(HW) bias.
+
+    q, k: B x heads x HW x d  ->  B x heads x HW x (d + H + W).
+    """
+    H, W = size
+    B, nh, N, d = q.shape
+    Rh = get_rel_pos(H, H, rel_pos_h).to(q.dtype)
+    Rw = get_rel_pos(W, W, rel_pos_w).to(q.dtype)
+    r_q = q.reshape(B, nh, H, W, d)
+    rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, Rh).reshape(B, nh, N, H)
+    rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, Rw).reshape(B, nh, N, W)
+    eye_h = torch.eye(H, dtype=k.dtype, device=k.device).repeat_interleave(W, 0)  # N x H: key row
+    eye_w = torch.eye(W, dtype=k.dtype, device=k.device).repeat(H, 1)  # N x W: key column
+    q = torch.cat([q * scale, rel_h, rel_w], dim=-1)
+    k = torch.cat([k, eye_h.expand(B, nh, N, H), eye_w.expand(B, nh, N, W)], dim=-1)
+    return q, k
+
+
+def window_partition(x: torch.Tensor, window_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """BxHxWxC -> (B*num_windows)xWSxWSxC, padding H and W up to multiples of window_size."""
+    B, H, W, C = x.shape
+    pad_h = (window_size - H % window_size) % window_size
+    pad_w = (window_size - W % window_size) % window_size
+    if pad_h > 0 or pad_w > 0:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    Hp, Wp = H + pad_h, W + pad_w
+    x = x.view(B, Hp // window_size, window_size, Wp // window_size, window_size, C)
+    windows = x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size, window_size, C)
+    return windows, (Hp, Wp)
+
+
+def window_unpartition(
+    windows: torch.Tensor, window_size: int, pad_hw: tuple[int, int], hw: tuple[int, int]
+) -> torch.Tensor:
+    """Inverse of window_partition: (B*num_windows)xWSxWSxC -> BxHxWxC."""
+    Hp, Wp = pad_hw
+    H, W = hw
+    B = windows.shape[0] // (Hp * Wp // window_size // window_size)
+    x = windows.view(B, Hp // window_size, Wp // window_size, window_size, window_size, -1)
+    x = x.permute(0, 1, 3, 2, 4, 5).reshape(B, Hp, Wp, -1)
+    return x[:, :H, :W, :]
+
+
+def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
+    """Relative positional embeddings for every (query, key) pair along one axis: q_size x k_size x C."""
+    max_rel_dist = int(2 * max(q_size, k_size) - 1)
+    if rel_pos.shape[0] != max_rel_dist:
+        resized = F.interpolate(
+            rel_pos.reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1), size=max_rel_dist, mode="linear"
+        )
+        rel_pos = resized.reshape(-1, max_rel_dist).permute(1, 0)
+    q_coords = torch.arange(q_size)[:, None] * max(k_size / q_size, 1.0)
+    k_coords = torch.arange(k_size)[None, :] * max(q_size / k_size, 1.0)
+    relative_coords = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
+    return rel_pos[relative_coords.long()]

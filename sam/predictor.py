@@ -1,0 +1,169 @@
+"""SamPredictor: embed an image once, then answer many prompts (a drop-in for Meta's predictor)."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .modeling.sam import Sam
+from .transforms import ResizeLongestSide
+
+
+@dataclass(frozen=True)
+class ImageEmbedding:
+    """What a predictor needs to answer prompts about one image, without the model.
+
+    A web session keeps this and hands it back to a shared predictor with `set_embedding`.
+    """
+
+    features: torch.Tensor  # 1 x C x h x w image embedding
+    original_size: tuple[int, int]  # (H, W) of the image the user gave
+    input_size: tuple[int, int]  # (H', W') after resizing the long side to the model input
+
+    @property
+    def nbytes(self) -> int:
+        return self.features.numel() * self.features.element_size()
+
+
+class SamPredictor:
+    def __init__(self, sam_model: Sam) -> None:
+        self.model = sam_model
+        self.transform = ResizeLongestSide(sam_model.img_size)
+        self.reset_image()
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        """Compute the embedding of an HxWx3 uint8 image."""
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected an HxWx3 uint8 image, got shape {image.shape} dtype {image.dtype}")
+        if image_format != self.model.image_format:
+            image = image[..., ::-1]
+        input_image = self.transform.apply_image(np.ascontiguousarray(image))
+        input_torch = torch.as_tensor(input_image, device=self.device).permute(2, 0, 1).contiguous()[None]
+        self.set_torch_image(input_torch, image.shape[:2])
+
+    @torch.no_grad()
+    def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
+        """1x3xH'xW' image already resized with ResizeLongestSide."""
+        if transformed_image.ndim != 4 or transformed_image.shape[1] != 3:
+            raise ValueError(f"expected a 1x3xHxW tensor, got shape {tuple(transformed_image.shape)}")
+        if max(transformed_image.shape[2:]) != self.model.img_size:
+            raise ValueError(f"the long side must be {self.model.img_size}, got {tuple(transformed_image.shape)}")
+        self.reset_image()
+        x = self.model.preprocess(transformed_image.to(self.device, torch.float32))
+        features = self.model.image_encoder(x)
+        self.set_embedding(
+            ImageEmbedding(
+                features=features,
+                original_size=(int(original_image_size[0]), int(original_image_size[1])),
+                input_size=(int(transformed_image.shape[2]), int(transformed_image.shape[3])),
+            )
+        )
+
+    def set_embedding(self, embedding: ImageEmbedding) -> None:
+        """Answer prompts about an image embedded earlier, with no encoder run."""
+        self.embedding = embedding
+        self.features = embedding.features
+        self.original_size = embedding.original_size
+        self.input_size = embedding.input_size
+        self.is_image_set = True
+
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Masks for one object from prompts in original-image pixels.
+
+        point_coords Nx2 (x, y), point_labels N (1 foreground, 0 background), box 4 (x0, y0, x1, y1),
+        mask_input 1x256x256 low-res logits from an earlier call. Returns masks CxHxW (bool, or float
+        logits with return_logits), scores C and low-res logits Cx256x256, C = 3 with multimask_output else 1.
+        """
+        self._require_image()
+        coords_t = labels_t = box_t = mask_t = None
+        if point_coords is not None:
+            if point_labels is None:
+                raise ValueError("point_labels must be given with point_coords")
+            point_coords = np.asarray(point_coords, dtype=float).reshape(-1, 2)
+            point_labels = np.asarray(point_labels).reshape(-1)
+            if len(point_labels) != len(point_coords):
+                raise ValueError(f"{len(point_coords)} points but {len(point_labels)} labels")
+            coords = self.transform.apply_coords(point_coords, self.original_size)
+            coords_t = torch.as_tensor(coords, dtype=torch.float, device=self.device)[None]
+            labels_t = torch.as_tensor(point_labels, dtype=torch.int, device=self.device)[None]
+        if box is not None:
+            box = self.transform.apply_boxes(np.asarray(box, dtype=float).reshape(-1, 4), self.original_size)
+            box_t = torch.as_tensor(box, dtype=torch.float, device=self.device)[:1]
+        if mask_input is not None:
+            mask_t = torch.as_tensor(np.asarray(mask_input), dtype=torch.float, device=self.device)
+            mask_t = mask_t.reshape(1, 1, *mask_t.shape[-2:])
+        masks, scores, low_res = self.predict_torch(
+            coords_t, labels_t, box_t, mask_t, multimask_output=multimask_output, return_logits=return_logits
+        )
+        return masks[0].cpu().numpy(), scores[0].float().cpu().numpy(), low_res[0].float().cpu().numpy()
+
+    @torch.no_grad()
+    def predict_torch(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Batched prompts already in model-input pixels (see `transform`).
+
+        point_coords BxNx2, point_labels BxN, boxes Bx4, mask_input Bx1x256x256 ->
+        masks BxCxHxW, scores BxC, low-res logits BxCx256x256.
+        """
+        self._require_image()
+        points = (point_coords, point_labels) if point_coords is not None else None
+        low_res, scores = self.decode(points, boxes, mask_input, multimask_output)
+        masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
+        if not return_logits:
+            masks = masks > self.model.mask_threshold
+        return masks, scores, low_res
+
+    def decode(
+        self,
+        points: tuple[torch.Tensor, torch.Tensor] | None,
+        boxes: torch.Tensor | None,
+        mask_input: torch.Tensor | None,
+        multimask_output: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt encoder + mask decoder: low-res logits BxCx256x256 and scores BxC."""
+        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        return self.model.mask_decoder(
+            image_embeddings=self.features,
+            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+        )
+
+    def get_image_embedding(self) -> torch.Tensor:
+        """The 1xCx64x64 embedding of the current image."""
+        self._require_image()
+        return self.features
+
+    def reset_image(self) -> None:
+        self.is_image_set = False
+        self.embedding: ImageEmbedding | None = None
+        self.features: torch.Tensor | None = None
+        self.original_size: tuple[int, int] | None = None
+        self.input_size: tuple[int, int] | None = None
+
+    def _require_image(self) -> None:
+        if not self.is_image_set:
+            raise RuntimeError("no image is set: call set_image() (or set_embedding()) first")
