@@ -1,0 +1,91 @@
+"""Meta's reference model built with the same configuration and the same random weights as ours."""
+
+from functools import partial
+
+import numpy as np
+import torch
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+from sam.build import SamConfig, ViTConfig, build_sam
+
+TINY = SamConfig(ViTConfig(embed_dim=64, depth=4, num_heads=4, global_attn_indexes=(1, 3), window_size=4), img_size=256)
+
+
+def meta_sam(config: SamConfig) -> Sam:
+    """segment-anything's Sam assembled from one of our ViT configs."""
+    enc = config.encoder
+    assert isinstance(enc, ViTConfig)
+    grid = config.img_size // enc.patch_size
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            depth=enc.depth,
+            embed_dim=enc.embed_dim,
+            img_size=config.img_size,
+            mlp_ratio=(enc.mlp_dim or 4 * enc.embed_dim) / enc.embed_dim,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=enc.num_heads,
+            patch_size=enc.patch_size,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=enc.global_attn_indexes,
+            window_size=enc.window_size,
+            out_chans=config.prompt_embed_dim,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=config.prompt_embed_dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(config.img_size, config.img_size),
+            mask_in_chans=config.mask_in_chans,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=config.num_multimask_outputs,
+            transformer=TwoWayTransformer(
+                depth=config.decoder_depth,
+                embedding_dim=config.prompt_embed_dim,
+                mlp_dim=config.decoder_mlp_dim,
+                num_heads=config.decoder_num_heads,
+            ),
+            transformer_dim=config.prompt_embed_dim,
+            iou_head_depth=config.iou_head_depth,
+            iou_head_hidden_dim=config.iou_head_hidden_dim,
+        ),
+    ).eval()
+
+
+def random_state_dict(model: torch.nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Non-degenerate random weights: every tensor drawn afresh, norms near 1, others small."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, t in model.state_dict().items():
+        noise = torch.randn(t.shape, generator=g)
+        if "norm" in name or name.endswith(("neck.1.weight", "neck.3.weight")):
+            out[name] = 1.0 + 0.1 * noise if name.endswith("weight") else 0.1 * noise
+        elif "rel_pos" in name or "pos_embed" in name:
+            out[name] = 0.5 * noise
+        else:
+            fan_in = t[0].numel() if t.ndim > 1 else 1
+            out[name] = noise / max(fan_in, 1) ** 0.5
+    return out
+
+
+def twin_models(config: SamConfig, seed: int = 0) -> tuple[Sam, torch.nn.Module]:
+    """(Meta's model, ours) holding identical random weights."""
+    ref = meta_sam(config)
+    ref.load_state_dict(random_state_dict(ref, seed), strict=False)
+    ours = build_sam(config)
+    ours.load_state_dict({k: v for k, v in ref.state_dict().items() if not k.startswith("pixel_")})
+    return ref, ours
+
+
+def test_image(h: int = 480, w: int = 640, seed: int = 0) -> np.ndarray:
+    """A smooth synthetic picture with a few shapes (HxWx3 uint8)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.stack([xx * 255 / w, yy * 255 / h, (xx + yy) * 127 / (h + w)], -1)
+    for _ in range(4):
+        cy, cx, r = rng.uniform(0.2, 0.8) * h, rng.uniform(0.2, 0.8) * w, rng.uniform(0.05, 0.2) * min(h, w)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] = rng.integers(0, 255, 3)
+    return img.astype(np.uint8)
+
+
+test_image.__test__ = False  # not a pytest test

@@ -1,0 +1,142 @@
+"""Parity with Meta's segment-anything: same random weights, same image, same prompts, same numbers (fp32).
+
+Tolerance: embeddings, low-res logits and scores agree to RTOL = 1e-4 relative (L2 norm of the
+difference over the L2 norm of the reference); masks are equal except at pixels whose reference
+logit lies within MASK_TOL of the 0 threshold.
+"""
+
+import numpy as np
+import pytest
+import torch
+from segment_anything import SamPredictor as MetaPredictor
+
+from sam import CONFIGS, SamPredictor
+from tests.reference import TINY, test_image, twin_models
+
+RTOL = 1e-4
+MASK_TOL = 1e-3
+
+
+def rel_err(ours, ref) -> float:
+    ours, ref = torch.as_tensor(np.asarray(ours, dtype=np.float64)), torch.as_tensor(np.asarray(ref, np.float64))
+    return float((ours - ref).norm() / ref.norm().clamp_min(1e-12))
+
+
+def assert_same_prediction(ref_out, our_out, ref_logits, our_masks) -> None:
+    ref_masks, ref_scores, ref_low = ref_out
+    masks, scores, low = our_out
+    assert masks.shape == ref_masks.shape and masks.dtype == ref_masks.dtype == bool
+    assert scores.shape == ref_scores.shape and low.shape == ref_low.shape
+    assert rel_err(scores, ref_scores) < RTOL
+    assert rel_err(low, ref_low) < RTOL
+    decided = np.abs(ref_logits) > MASK_TOL
+    assert np.array_equal(masks[decided], ref_masks[decided])
+    assert np.array_equal(our_masks, masks)
+
+
+@pytest.fixture(scope="module")
+def tiny_pair():
+    ref, ours = twin_models(TINY, seed=1)
+    image = test_image(300, 200)
+    meta, pred = MetaPredictor(ref), SamPredictor(ours)
+    meta.set_image(image)
+    pred.set_image(image)
+    return meta, pred
+
+
+PROMPTS = {
+    "one point": dict(point_coords=np.array([[120, 80]]), point_labels=np.array([1])),
+    "points with negatives": dict(
+        point_coords=np.array([[120, 80], [40, 250], [150, 20], [10, 10]]), point_labels=np.array([1, 1, 0, 0])
+    ),
+    "box": dict(box=np.array([20, 30, 170, 260])),
+    "box and points": dict(
+        box=np.array([20, 30, 170, 260]), point_coords=np.array([[100, 100], [60, 200]]), point_labels=[1, 0]
+    ),
+    "single mask": dict(point_coords=np.array([[120, 80]]), point_labels=np.array([1]), multimask_output=False),
+    "box single mask": dict(box=np.array([0, 0, 199, 299]), multimask_output=False),
+}
+
+
+def test_embedding_matches(tiny_pair):
+    meta, pred = tiny_pair
+    assert pred.features.shape == meta.features.shape == (1, 256, 16, 16)
+    assert rel_err(pred.features, meta.features) < RTOL
+    assert pred.original_size == meta.original_size and pred.input_size == meta.input_size
+
+
+@pytest.mark.parametrize("name", list(PROMPTS))
+def test_prompt_matches(tiny_pair, name):
+    meta, pred = tiny_pair
+    kw = PROMPTS[name]
+    ref = meta.predict(**kw)
+    ref_logits = meta.predict(**kw, return_logits=True)[0]
+    ours = pred.predict(**kw)
+    assert_same_prediction(ref, ours, ref_logits, pred.predict(**kw)[0])
+    our_logits = pred.predict(**kw, return_logits=True)[0]
+    assert rel_err(our_logits, ref_logits) < RTOL
+
+
+@pytest.mark.parametrize("name", ["one point", "box and points"])
+def test_refinement_with_mask_input(tiny_pair, name):
+    meta, pred = tiny_pair
+    kw = PROMPTS[name]
+    first = meta.predict(**kw)
+    mask_input = first[2][np.argmax(first[1])][None]
+    ref = meta.predict(**kw, mask_input=mask_input)
+    ref_logits = meta.predict(**kw, mask_input=mask_input, return_logits=True)[0]
+    ours = pred.predict(**kw, mask_input=mask_input)
+    assert_same_prediction(ref, ours, ref_logits, ours[0])
+    assert rel_err(ours[2], first[2]) > 1e-3  # the mask input really changed the answer
+
+
+def test_batched_boxes_predict_torch(tiny_pair):
+    meta, pred = tiny_pair
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, [200, 300], size=(50, 2, 2))
+    boxes = np.concatenate([xy.min(1), xy.max(1)], axis=1)
+    ref_boxes = meta.transform.apply_boxes_torch(torch.as_tensor(boxes, dtype=torch.float), meta.original_size)
+    our_boxes = pred.transform.apply_boxes_torch(torch.as_tensor(boxes, dtype=torch.float), pred.original_size)
+    assert torch.equal(ref_boxes, our_boxes)
+    ref = meta.predict_torch(None, None, boxes=ref_boxes, multimask_output=True, return_logits=True)
+    ours = pred.predict_torch(None, None, boxes=our_boxes, multimask_output=True, return_logits=True)
+    assert ours[0].shape == ref[0].shape == (50, 3, 300, 200)
+    for a, b in zip(ours, ref):
+        assert rel_err(a, b) < RTOL
+    assert torch.equal((ours[0] > 0)[ref[0].abs() > MASK_TOL], (ref[0] > 0)[ref[0].abs() > MASK_TOL])
+
+
+def test_bgr_input_is_flipped(tiny_pair):
+    _, pred = tiny_pair
+    image = test_image(300, 200)
+    rgb = pred.features.clone()
+    pred.set_image(image[..., ::-1].copy(), image_format="BGR")
+    assert rel_err(pred.features, rgb) < 1e-6
+
+
+@pytest.mark.slow
+def test_vit_b_full_size():
+    """One run at the real ViT-B size: 1024 input, 12 blocks of width 768, a 640x480 photo."""
+    ref, ours = twin_models(CONFIGS["vit_b"], seed=2)
+    image = test_image(480, 640)
+    meta, pred = MetaPredictor(ref), SamPredictor(ours)
+    meta.set_image(image)
+    pred.set_image(image)
+    assert pred.features.shape == (1, 256, 64, 64)
+    assert rel_err(pred.features, meta.features) < RTOL
+    for kw in (PROMPTS["one point"], PROMPTS["box and points"]):
+        ref_logits = meta.predict(**kw, return_logits=True)[0]
+        assert_same_prediction(meta.predict(**kw), pred.predict(**kw), ref_logits, pred.predict(**kw)[0])
+
+
+def test_errors_are_clear(tiny_pair):
+    _, pred = tiny_pair
+    with pytest.raises(ValueError, match="point_labels"):
+        pred.predict(point_coords=np.array([[1, 2]]))
+    with pytest.raises(ValueError, match="2 points but 1 labels"):
+        pred.predict(point_coords=np.array([[1, 2], [3, 4]]), point_labels=np.array([1]))
+    with pytest.raises(ValueError, match="HxWx3 uint8"):
+        pred.set_image(np.zeros((10, 10), np.uint8))
+    fresh = SamPredictor(pred.model)
+    with pytest.raises(RuntimeError, match="set_image"):
+        fresh.predict(point_coords=np.array([[1, 2]]), point_labels=np.array([1]))
