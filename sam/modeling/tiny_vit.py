@@ -1,0 +1,220 @@
+"""MobileSAM's image encoder: a TinyViT (conv stage, then windowed-attention stages) with SAM's neck.
+
+Parameter names follow mobile_sam's `TinyViT` exactly, so MobileSAM checkpoints load strictly; the
+classifier (`norm_head`, `head`) is kept for that reason only and never runs. At inference the
+BatchNorms are folded into their convolutions on the fly, window attention runs through
+`scaled_dot_product_attention` with TinyViT's bias table as the mask, and the transformer stages
+keep their activations as BxHxWxC so that the depthwise convolutions see channels-last tensors
+without copies.
+"""
+
+import itertools
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .common import LayerNorm2d
+from .image_encoder import window_partition, window_unpartition
+
+
+class Conv2d_BN(nn.Module):  # noqa: N801 (mobile_sam's name)
+    """A bias-free Conv2d followed by BatchNorm2d (keys `c.*`, `bn.*`)."""
+
+    def __init__(self, in_chans: int, out_chans: int, kernel_size: int = 1, stride: int = 1, groups: int = 1) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(in_chans, out_chans, kernel_size, stride, kernel_size // 2, groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(out_chans)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return self.bn(self.c(x))
+        # eval: y = scale * conv(x) + shift == conv(x, scale * w) + shift, computed in fp32
+        bn = self.bn
+        scale = bn.weight.float() * torch.rsqrt(bn.running_var.float() + bn.eps)
+        weight = (self.c.weight.float() * scale[:, None, None, None]).to(self.c.weight.dtype)
+        bias = (bn.bias.float() - bn.running_mean.float() * scale).to(self.c.weight.dtype)
+        return F.conv2d(x, weight, bias, self.c.stride, self.c.padding, groups=self.c.groups)
+
+
+class PatchEmbed(nn.Module):
+    """Two stride-2 3x3 convolutions: Bx3xSxS -> BxCx(S/4)x(S/4)."""
+
+    def __init__(self, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        self.seq = nn.Sequential(
+            Conv2d_BN(in_chans, embed_dim // 2, 3, 2), nn.GELU(), Conv2d_BN(embed_dim // 2, embed_dim, 3, 2)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.seq(x)
+
+
+class MBConv(nn.Module):
+    """Inverted residual: 1x1 expand, 3x3 depthwise, 1x1 project, GELU after the residual sum. BxCxHxW."""
+
+    def __init__(self, dim: int, expand_ratio: float) -> None:
+        super().__init__()
+        hidden = int(dim * expand_ratio)
+        self.conv1 = Conv2d_BN(dim, hidden)
+        self.conv2 = Conv2d_BN(hidden, hidden, 3, groups=hidden)
+        self.conv3 = Conv2d_BN(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.gelu(self.conv1(x))
+        y = F.gelu(self.conv2(y))
+        return F.gelu(self.conv3(y) + x)
+
+
+class PatchMerging(nn.Module):
+    """1x1 conv, 3x3 depthwise conv with stride, 1x1 conv: BxCxHxW -> BxH'xW'xC' (channels last)."""
+
+    def __init__(self, dim: int, out_dim: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = Conv2d_BN(dim, out_dim)
+        self.conv2 = Conv2d_BN(out_dim, out_dim, 3, stride, groups=out_dim)
+        self.conv3 = Conv2d_BN(out_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.conv1(x))
+        x = F.gelu(self.conv2(x))
+        return self.conv3(x).permute(0, 2, 3, 1)
+
+
+class ConvLayer(nn.Module):
+    """Stage 0: MBConv blocks, then a PatchMerging. BxCxHxW -> BxH'xW'xC'."""
+
+    def __init__(self, dim: int, depth: int, expand_ratio: float, downsample: PatchMerging) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(MBConv(dim, expand_ratio) for _ in range(depth))
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for blk in self.blocks:
+            x = blk(x)
+        return self.downsample(x)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention inside one window, with a learned bias per head and (|dy|, |dx|) offset."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        points = list(itertools.product(range(window_size), range(window_size)))
+        offsets: dict[tuple[int, int], int] = {}
+        idxs = [offsets.setdefault((abs(a[0] - b[0]), abs(a[1] - b[1])), len(offsets)) for a in points for b in points]
+        self.attention_biases = nn.Parameter(torch.zeros(num_heads, len(offsets)))
+        n = len(points)
+        self.register_buffer("attention_bias_idxs", torch.tensor(idxs).view(n, n), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """BxNxC tokens of B windows of N = window_size**2 -> BxNxC."""
+        B, N, C = x.shape
+        # per head the qkv features are laid out [q, k, v] (mobile_sam's order)
+        qkv = self.qkv(self.norm(x)).view(B, N, self.num_heads, 3, C // self.num_heads).permute(3, 0, 2, 1, 4)
+        bias = self.attention_biases[:, self.attention_bias_idxs].to(qkv.dtype)
+        x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=bias)
+        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(self.norm(x))))
+
+
+class TinyViTBlock(nn.Module):
+    """Window attention, a 3x3 depthwise conv, an MLP. BxHxWxC -> BxHxWxC."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.window_size = window_size
+        self.attn = Attention(dim, num_heads, window_size)
+        self.local_conv = Conv2d_BN(dim, dim, 3, groups=dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        ws = self.window_size
+        # Padding happens before attn.norm, as in mobile_sam: padded tokens are keys and values too.
+        windows, pad_hw = window_partition(x, ws)
+        attn = self.attn(windows.view(-1, ws * ws, C)).view(-1, ws, ws, C)
+        x = x + window_unpartition(attn, ws, pad_hw, (H, W))
+        x = self.local_conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return x + self.mlp(x)
+
+
+class BasicLayer(nn.Module):
+    """A transformer stage, then an optional PatchMerging. BxHxWxC -> BxH'xW'xC'."""
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        window_size: int,
+        mlp_ratio: float,
+        downsample: PatchMerging | None,
+    ) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(TinyViTBlock(dim, num_heads, window_size, mlp_ratio) for _ in range(depth))
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for blk in self.blocks:
+            x = blk(x)
+        if self.downsample is not None:
+            x = self.downsample(x.permute(0, 3, 1, 2))
+        return x
+
+
+class TinyViT(nn.Module):
+    def __init__(
+        self,
+        *,
+        img_size: int = 1024,
+        in_chans: int = 3,
+        embed_dims: tuple[int, ...] = (64, 128, 160, 320),
+        depths: tuple[int, ...] = (2, 2, 6, 2),
+        num_heads: tuple[int, ...] = (2, 4, 5, 10),
+        window_sizes: tuple[int, ...] = (7, 7, 14, 7),
+        mlp_ratio: float = 4.0,
+        mbconv_expand_ratio: float = 4.0,
+        out_chans: int = 256,
+        num_classes: int = 1000,
+    ) -> None:
+        """Bx3xSxS normalised pixels -> Bx(out_chans)x(S/16)x(S/16) (with four stages)."""
+        super().__init__()
+        n = len(depths)
+        self.img_size = img_size
+        self.patch_embed = PatchEmbed(in_chans, embed_dims[0])
+        # the last merge keeps the resolution (mobile_sam's stride-1 merge), so the total stride is 16
+        merges = [PatchMerging(embed_dims[i], embed_dims[i + 1], 1 if i == n - 2 else 2) for i in range(n - 1)]
+        self.layers = nn.ModuleList([ConvLayer(embed_dims[0], depths[0], mbconv_expand_ratio, merges[0])])
+        for i in range(1, n):
+            merge = merges[i] if i < n - 1 else None
+            self.layers.append(BasicLayer(embed_dims[i], depths[i], num_heads[i], window_sizes[i], mlp_ratio, merge))
+        # ImageNet classifier of the distilled TinyViT: in the checkpoints, unused here
+        self.norm_head = nn.LayerNorm(embed_dims[-1])
+        self.head = nn.Linear(embed_dims[-1], num_classes)
+        self.neck = nn.Sequential(
+            nn.Conv2d(embed_dims[-1], out_chans, kernel_size=1, bias=False),
+            LayerNorm2d(out_chans),
+            nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
+            LayerNorm2d(out_chans),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x)
+        for layer in self.layers:
+            x = layer(x)
+        return self.neck(x.permute(0, 3, 1, 2)).contiguous()
