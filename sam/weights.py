@@ -23,7 +23,7 @@ from .build import CONFIGS, SamConfig, TinyViTConfig, ViTConfig, build_sam
 from .hub import WeightsError, download
 from .modeling.sam import Sam
 
-__all__ = ["KNOWN_MODELS", "KnownModel", "WeightsError", "load_model"]
+__all__ = ["KNOWN_MODELS", "KnownModel", "WeightsError", "load_model", "resolve"]
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +156,8 @@ def config_from_transformers(config: dict) -> SamConfig:
     unsupported = {k: v[k] for k in ("use_rel_pos", "use_abs_pos", "qkv_bias") if v.get(k) is False}
     if d.get("attention_downsample_rate", 2) != 2:
         unsupported["attention_downsample_rate"] = d["attention_downsample_rate"]
+    if p.get("image_size", v.get("image_size", 1024)) != v.get("image_size", 1024):
+        unsupported["prompt_encoder_config.image_size"] = p["image_size"]
     if unsupported:
         raise WeightsError(f"config.json has settings this package does not implement: {unsupported}")
     hidden = v.get("hidden_size", 768)
@@ -190,38 +192,48 @@ def _count(state_dict: dict[str, torch.Tensor], prefix: str) -> int:
 
 
 def config_from_state_dict(sd: dict[str, torch.Tensor]) -> SamConfig:
-    """Read the architecture off a Meta-named state dict's shapes (the decoder's 8 heads are assumed)."""
-    try:
-        decoder = dict(
-            prompt_embed_dim=sd["mask_decoder.iou_token.weight"].shape[1],
-            mask_in_chans=sd["prompt_encoder.mask_downscaling.3.weight"].shape[0],
-            decoder_depth=_count(sd, "mask_decoder.transformer.layers"),
-            decoder_mlp_dim=sd["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0],
-            num_multimask_outputs=sd["mask_decoder.mask_tokens.weight"].shape[0] - 1,
-            iou_head_depth=_count(sd, "mask_decoder.iou_prediction_head.layers"),
-            iou_head_hidden_dim=sd["mask_decoder.iou_prediction_head.layers.0.weight"].shape[0],
-        )
-        if any(k.startswith("image_encoder.layers.") for k in sd):
-            return SamConfig(TinyViTConfig(), **decoder)
-        embed_dim, _, patch, _ = sd["image_encoder.patch_embed.proj.weight"].shape
-        grid = sd["image_encoder.pos_embed"].shape[1]
-        depth = _count(sd, "image_encoder.blocks")
-        rel_pos = [sd[f"image_encoder.blocks.{i}.attn.rel_pos_h"].shape for i in range(depth)]
-        global_blocks = tuple(i for i, shape in enumerate(rel_pos) if shape[0] == 2 * grid - 1)
-        windows = [shape[0] for i, shape in enumerate(rel_pos) if i not in global_blocks]
-        mlp_dim = sd["image_encoder.blocks.0.mlp.lin1.weight"].shape[0]
-        encoder = ViTConfig(
-            embed_dim=embed_dim,
-            depth=depth,
-            num_heads=embed_dim // rel_pos[0][1],
-            global_attn_indexes=global_blocks,
-            mlp_dim=None if mlp_dim == 4 * embed_dim else mlp_dim,
-            window_size=(windows[0] + 1) // 2 if windows else 14,
-            patch_size=patch,
-        )
-        return SamConfig(encoder, img_size=grid * patch, **decoder)
-    except (KeyError, IndexError, ValueError) as e:
-        raise WeightsError(f"this does not look like a SAM checkpoint (could not read its shapes: {e!r})") from e
+    """Read the architecture off a Meta-named state dict's shapes (the decoder's 8 heads are assumed).
+
+    A missing key falls back to SAM's default for what it would tell, so that the strict check that
+    follows names every missing key instead of stopping at the first.
+    """
+    if not any(k.startswith("image_encoder.") for k in sd):
+        raise WeightsError(f"this is not a SAM checkpoint: no image_encoder keys (it starts with {_first(list(sd))})")
+    default, vit = SamConfig(), ViTConfig()
+
+    def dim(key: str, axis: int, fallback: int) -> int:
+        return sd[key].shape[axis] if key in sd and sd[key].ndim > axis else fallback
+
+    decoder = dict(
+        prompt_embed_dim=dim("mask_decoder.iou_token.weight", 1, default.prompt_embed_dim),
+        mask_in_chans=dim("prompt_encoder.mask_downscaling.3.weight", 0, default.mask_in_chans),
+        decoder_depth=_count(sd, "mask_decoder.transformer.layers") or default.decoder_depth,
+        decoder_mlp_dim=dim("mask_decoder.transformer.layers.0.mlp.lin1.weight", 0, default.decoder_mlp_dim),
+        num_multimask_outputs=dim("mask_decoder.mask_tokens.weight", 0, default.num_multimask_outputs + 1) - 1,
+        iou_head_depth=_count(sd, "mask_decoder.iou_prediction_head.layers") or default.iou_head_depth,
+        iou_head_hidden_dim=dim("mask_decoder.iou_prediction_head.layers.0.weight", 0, default.iou_head_hidden_dim),
+    )
+    if any(k.startswith("image_encoder.layers.") for k in sd):
+        return SamConfig(TinyViTConfig(), **decoder)
+    embed_dim = dim("image_encoder.patch_embed.proj.weight", 0, vit.embed_dim)
+    patch = dim("image_encoder.patch_embed.proj.weight", 3, vit.patch_size)
+    grid = dim("image_encoder.pos_embed", 1, default.img_size // patch)
+    depth = _count(sd, "image_encoder.blocks") or vit.depth
+    rel_pos = [dim(f"image_encoder.blocks.{i}.attn.rel_pos_h", 0, 0) for i in range(depth)]
+    head_dim = dim("image_encoder.blocks.0.attn.rel_pos_h", 1, embed_dim // vit.num_heads)
+    global_blocks = tuple(i for i, n in enumerate(rel_pos) if n == 2 * grid - 1) or vit.global_attn_indexes
+    windows = [n for i, n in enumerate(rel_pos) if i not in global_blocks and n > 0]
+    mlp_dim = dim("image_encoder.blocks.0.mlp.lin1.weight", 0, 4 * embed_dim)
+    encoder = ViTConfig(
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=max(embed_dim // head_dim, 1),
+        global_attn_indexes=global_blocks,
+        mlp_dim=None if mlp_dim == 4 * embed_dim else mlp_dim,
+        window_size=(windows[0] + 1) // 2 if windows else vit.window_size,
+        patch_size=patch,
+    )
+    return SamConfig(encoder, img_size=grid * patch, **decoder)
 
 
 _on_meta = threading.local()
@@ -351,6 +363,19 @@ def _unknown(source: str) -> WeightsError:
     )
 
 
+def resolve(source: str) -> tuple[str, tuple[str, ...]]:
+    """Hub repo id and files for a known name, `owner/name` (transformers layout) or `owner/name/path`."""
+    known = KNOWN_MODELS.get(source)
+    if known is not None:
+        return known.repo_id, known.files
+    if source.startswith((".", "/", "~", "\\")) or source.count("/") == 0:
+        raise _unknown(source)
+    if source.count("/") == 1:
+        return source, TRANSFORMERS_FILES
+    owner, name, file = source.split("/", 2)
+    return f"{owner}/{name}", (file,)
+
+
 def load_model(
     source: str, *, device: str | torch.device = "cpu", revision: str | None = None, force_download: bool = False
 ) -> Sam:
@@ -369,20 +394,12 @@ def load_model(
     elif local.is_file():
         model = model_from_state_dict(read_state_dict(local), None, str(local))
     else:
-        known = KNOWN_MODELS.get(source)
-        if known is not None:
-            repo_id, files = known.repo_id, known.files
-        elif source.count("/") == 1 and not source.startswith((".", "/", "~")):
-            repo_id, files = source, TRANSFORMERS_FILES
-        elif source.count("/") >= 2 and not source.startswith((".", "/", "~")):
-            owner, name, file = source.split("/", 2)
-            repo_id, files = f"{owner}/{name}", (file,)
-        else:
-            raise _unknown(source)
+        repo_id, files = resolve(source)
         paths = [download(repo_id, f, revision=revision, force_download=force_download) for f in files]
-        where = f"{repo_id}" + (f"@{revision}" if revision else "")
-        label = f"{source} ({where})" if known else where if len(files) == 2 else f"{where}/{files[0]}"
-        if len(paths) == 2:
+        where = repo_id + (f"@{revision}" if revision else "")
+        where = where if files == TRANSFORMERS_FILES else f"{where}:{files[0]}"
+        label = f"{source} ({where})" if source in KNOWN_MODELS else where
+        if files == TRANSFORMERS_FILES:
             model = _from_transformers_files(*paths, label)
         else:
             model = model_from_state_dict(read_state_dict(paths[0]), None, label)

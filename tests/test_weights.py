@@ -1,0 +1,220 @@
+"""sam.weights without a network: the table of known models, the key remap, shapes, local files, errors."""
+
+import logging
+import re
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from sam import CONFIGS, build_sam
+from sam.build import TinyViTConfig
+from sam.weights import (
+    KNOWN_MODELS,
+    TRANSFORMERS_ALIASES,
+    WeightsError,
+    build_empty,
+    config_from_state_dict,
+    config_from_transformers,
+    from_transformers,
+    load_model,
+    read_state_dict,
+    resolve,
+    to_meta_key,
+    to_transformers_key,
+)
+from tests.hub import SLIM_HF, TINY_HF, VIT_B_HF, write_meta
+from tests.reference import TINY, meta_sam
+
+# What checkpoints.md and the model pages give: name -> (repo id, files).
+EXPECTED = {
+    "sam-vit-base": ("facebook/sam-vit-base", ("config.json", "model.safetensors")),
+    "sam-vit-large": ("facebook/sam-vit-large", ("config.json", "model.safetensors")),
+    "sam-vit-huge": ("facebook/sam-vit-huge", ("config.json", "model.safetensors")),
+    "slimsam-50": ("Zigeng/SlimSAM-uniform-50", ("config.json", "model.safetensors")),
+    "slimsam-77": ("Zigeng/SlimSAM-uniform-77", ("config.json", "model.safetensors")),
+    "mobile-sam": ("dhkim2810/MobileSAM", ("mobile_sam.pt",)),
+    "mobile_sam.pt": ("dhkim2810/MobileSAM", ("mobile_sam.pt",)),
+    "sam_b.pt": ("ybelkada/segment-anything", ("checkpoints/sam_vit_b_01ec64.pth",)),
+    "sam_l.pt": ("ybelkada/segment-anything", ("checkpoints/sam_vit_l_0b3195.pth",)),
+    "sam_h.pt": ("ybelkada/segment-anything", ("checkpoints/sam_vit_h_4b8939.pth",)),
+}
+
+
+def test_known_names_resolve_to_their_hub_files():
+    assert set(KNOWN_MODELS) == set(EXPECTED)
+    for name, expected in EXPECTED.items():
+        assert resolve(name) == expected, name
+
+
+def test_repo_ids_and_files_in_repos_resolve():
+    assert resolve("facebook/sam-vit-base") == ("facebook/sam-vit-base", ("config.json", "model.safetensors"))
+    assert resolve("ybelkada/segment-anything/checkpoints/sam_vit_b_01ec64.pth") == (
+        "ybelkada/segment-anything",
+        ("checkpoints/sam_vit_b_01ec64.pth",),
+    )
+
+
+def test_unknown_name_lists_the_known_ones():
+    with pytest.raises(WeightsError) as err:
+        load_model("sam-vit-bse")
+    message = str(err.value)
+    assert "Did you mean 'sam-vit-base'" in message
+    assert all(name in message for name in KNOWN_MODELS)
+    with pytest.raises(WeightsError, match="not a known model"):
+        load_model("./no/such/file.pth")
+
+
+def hf_keys(config: dict) -> list[str]:
+    from transformers import SamConfig as HFSamConfig
+    from transformers import SamModel
+
+    with torch.device("meta"):
+        return list(SamModel(HFSamConfig(**config)).state_dict())
+
+
+@pytest.mark.parametrize("config", [VIT_B_HF, SLIM_HF, TINY_HF], ids=["vit_b", "slim", "tiny"])
+def test_remap_maps_every_key_both_ways(config):
+    from transformers import SamConfig as HFSamConfig
+
+    keys = hf_keys(config)
+    ours = set(build_empty(config_from_transformers(HFSamConfig(**config).to_dict())).state_dict())
+    mapped = {k: to_meta_key(k) for k in keys}
+    assert None not in mapped.values(), [k for k, v in mapped.items() if v is None]
+    assert set(mapped.values()) == ours  # onto our model's keys, nothing left over
+    # one-to-one, except transformers' second copy of the positional matrix
+    assert len(keys) == len(ours) + len(TRANSFORMERS_ALIASES)
+    for key in ours:
+        back = to_transformers_key(key)
+        assert back in keys and to_meta_key(back) == key
+    for key in keys:
+        if key not in TRANSFORMERS_ALIASES:
+            assert to_transformers_key(mapped[key]) == key
+
+
+def test_remap_rule_for_every_numbered_part():
+    assert to_meta_key("vision_encoder.layers.11.layer_norm2.weight") == "image_encoder.blocks.11.norm2.weight"
+    assert to_meta_key("mask_decoder.output_hypernetworks_mlps.3.proj_out.bias") == (
+        "mask_decoder.output_hypernetworks_mlps.3.layers.2.bias"
+    )
+    assert to_meta_key("mask_decoder.transformer.layers.1.layer_norm4.bias") == (
+        "mask_decoder.transformer.layers.1.norm4.bias"
+    )
+    assert to_meta_key("vision_encoder.something_new.weight") is None
+
+
+def test_transformers_shapes_fit_the_config_read_from_config_json():
+    """Every tensor of a (meta-device) SamModel lands on a key of the same shape in our model."""
+    from transformers import SamConfig as HFSamConfig
+    from transformers import SamModel
+
+    for config in (VIT_B_HF, SLIM_HF):
+        with torch.device("meta"):
+            hf = SamModel(HFSamConfig(**config))
+        sd = from_transformers(hf.state_dict())
+        ours = build_empty(config_from_transformers(hf.config.to_dict())).state_dict()
+        assert {k: v.shape for k, v in sd.items()} == {k: v.shape for k, v in ours.items()}
+
+
+@pytest.mark.parametrize("name", ["vit_b", "vit_l", "vit_h"])
+def test_config_from_meta_shapes(name):
+    from segment_anything import sam_model_registry
+
+    with torch.device("meta"):
+        sd = sam_model_registry[name]().state_dict()
+    assert config_from_state_dict(sd) == CONFIGS[name]
+
+
+def test_config_from_tiny_and_tinyvit_shapes():
+    assert config_from_state_dict(meta_sam(TINY).state_dict()) == TINY
+    with torch.device("meta"):
+        sd = build_sam("tiny_vit").state_dict()
+    assert isinstance(config_from_state_dict(sd).encoder, TinyViTConfig)
+
+
+def test_build_empty_leaves_nn_module_alone():
+    model = build_empty(TINY)
+    assert all(p.is_meta for p in model.parameters())
+    assert not any(b.is_meta for b in model.buffers())  # pixel_mean etc. are real
+    assert not any(p.is_meta for p in nn.Linear(2, 2).parameters())
+    assert not any(p.is_meta for p in build_sam(TINY).parameters())
+
+
+def test_local_pth_loads_exactly(tmp_path):
+    path = write_meta(tmp_path / "tiny.pth", TINY, seed=3)
+    model = load_model(str(path))
+    saved = torch.load(path, weights_only=True)
+    ours = model.state_dict()
+    assert set(saved) == set(ours)
+    assert all(torch.equal(ours[k], saved[k]) for k in ours)
+    assert model.weights_source == str(path) and model.config == TINY and not model.training
+    # some exports carry the normalisation constants too: they are dropped
+    torch.save({**saved, "pixel_mean": torch.zeros(3, 1, 1), "pixel_std": torch.ones(3, 1, 1)}, tmp_path / "px.pth")
+    assert torch.equal(load_model(str(tmp_path / "px.pth")).pixel_std, model.pixel_std)
+
+
+def test_local_safetensors_and_folder(tmp_path, checkpoints):
+    sd = {k: v for k, v in torch.load(write_meta(tmp_path / "a.pth", TINY, 4), weights_only=True).items()}
+    save_file({k: v for k, v in sd.items() if not k.startswith("pixel_")}, tmp_path / "a.safetensors")
+    model = load_model(str(tmp_path / "a.safetensors"))
+    assert torch.equal(model.image_encoder.pos_embed, sd["image_encoder.pos_embed"])
+    folder = checkpoints.transformers("tiny")
+    from_folder = load_model(str(folder))
+    from_file = load_model(str(folder / "model.safetensors"))  # no config.json: shapes tell the architecture
+    assert from_folder.config == from_file.config
+    assert all(torch.equal(a, b) for a, b in zip(from_folder.state_dict().values(), from_file.state_dict().values()))
+    (tmp_path / "only_pth").mkdir()
+    (tmp_path / "only_pth" / "a.pth").write_bytes(b"")
+    with pytest.raises(WeightsError, match="needs config.json and model.safetensors; it holds a.pth"):
+        load_model(str(tmp_path / "only_pth"))
+
+
+def test_key_errors_name_the_keys(tmp_path):
+    sd = torch.load(write_meta(tmp_path / "a.pth", TINY), weights_only=True)
+    del sd["image_encoder.neck.0.weight"], sd["mask_decoder.iou_token.weight"]
+    sd["image_encoder.extra.weight"] = torch.zeros(1)
+    sd["image_encoder.blocks.0.mlp.lin2.bias"] = torch.zeros(7)
+    torch.save(sd, tmp_path / "broken.pth")
+    with pytest.raises(WeightsError) as err:
+        load_model(str(tmp_path / "broken.pth"))
+    message = str(err.value)
+    assert "missing keys: image_encoder.neck.0.weight, mask_decoder.iou_token.weight" in message
+    assert "unexpected keys: image_encoder.extra.weight" in message
+    assert "image_encoder.blocks.0.mlp.lin2.bias is (7,) in the file, (64,) in the model" in message
+
+
+def test_many_missing_keys_are_counted(tmp_path):
+    sd = torch.load(write_meta(tmp_path / "a.pth", TINY), weights_only=True)
+    sd = {k: v for k, v in sd.items() if not k.startswith("mask_decoder.transformer.")}
+    torch.save(sd, tmp_path / "b.pth")
+    with pytest.raises(WeightsError, match=r"missing keys: mask_decoder\.transformer\..*\(\d+ in all\)"):
+        load_model(str(tmp_path / "b.pth"))
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_truncated_local_file_names_the_file(tmp_path, suffix):
+    sd = {k: v for k, v in meta_sam(TINY).state_dict().items()}
+    path = tmp_path / f"model{suffix}"
+    save_file(sd, path) if suffix == ".safetensors" else torch.save(sd, path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    with pytest.raises(WeightsError) as err:
+        read_state_dict(path)
+    assert str(path) in str(err.value) and "truncated or corrupted" in str(err.value)
+    assert "force_download=True" in str(err.value)
+
+
+def test_pickles_with_code_are_refused(tmp_path):
+    torch.save({"model": nn.Linear(2, 2)}, tmp_path / "module.pt")
+    with pytest.raises(WeightsError, match="only plain state dicts"):
+        load_model(str(tmp_path / "module.pt"))
+
+
+def test_random_weights_are_labelled(caplog):
+    with caplog.at_level(logging.WARNING, logger="sam.weights"):
+        model = load_model("random:sam-vit-base")
+    assert model.weights_source == "random weights (vit_b)" and model.config == CONFIGS["vit_b"]
+    assert any("RANDOM weights" in r.getMessage() for r in caplog.records)
+    assert load_model("random:tiny_vit").weights_source == "random weights (tiny_vit)"
+    with pytest.raises(WeightsError, match=re.escape("random:slimsam-50 is not available")):
+        load_model("random:slimsam-50")
