@@ -1,0 +1,6 @@
+"""`python -m sam`: see sam/cli.py."""
+
+from .cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())
