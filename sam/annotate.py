@@ -95,7 +95,8 @@ def auto_annotate(
     YOLO detection labels (`class cx cy w h`, one .txt per image stem); or an Ultralytics YOLO model
     name (needs ultralytics; conf, iou, imgsz and max_det go to it). classes: keep only these ids.
     Each image with detections gets output_dir/<stem>.txt with one line `class x1 y1 x2 y2 ...`
-    (normalised) per region of each mask. output_dir defaults to <data>_auto_annotate_labels beside data.
+    (normalised outline of the mask's largest region) per detection, in the detector's order (a
+    detection whose mask is empty gets no line). output_dir defaults to <data>_auto_annotate_labels beside data.
     """
     data = Path(data)
     paths = list_images(data)

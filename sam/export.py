@@ -126,11 +126,15 @@ def coco_json(
 
 
 def yolo_lines(masks: Sequence[np.ndarray], classes: Sequence[int], decimals: int = 6) -> list[str]:
-    """YOLO-seg label lines `class x1 y1 x2 y2 ...` (coordinates / image size), one per outer polygon."""
+    """YOLO-seg label lines `class x1 y1 x2 y2 ...` (coordinates / image size), one per mask with an outline.
+
+    YOLO-seg has one polygon per object: the outline of the mask's largest region (as Ultralytics'
+    `masks.xyn`); smaller disconnected pieces and holes are left out (the COCO RLE keeps them).
+    """
     lines = []
     for mask, cls in zip(masks, classes, strict=True):
         mask = np.asarray(mask, dtype=bool)
-        for poly in normalize_polygons(mask_to_polygons(mask), mask.shape):
+        for poly in normalize_polygons(mask_to_polygons(mask)[:1], mask.shape):
             coords = " ".join(f"{v:.{decimals}f}" for v in poly.reshape(-1))
             lines.append(f"{int(cls)} {coords}")
     return lines

@@ -104,7 +104,7 @@ class Results:
         return coco_json(self.objects(category), self.orig_shape, file_name=name)
 
     def to_yolo(self, classes: list[int] | np.ndarray | None = None) -> list[str]:
-        """YOLO-seg lines `class x1 y1 ...` (normalised), one per region of each mask; class 0 unless given."""
+        """YOLO-seg lines `class x1 y1 ...` (normalised `xyn`), one per mask with an outline; class 0 unless given."""
         classes = np.zeros(len(self), int) if classes is None else classes
         return yolo_lines(list(self.masks), classes)
 

@@ -94,6 +94,15 @@ def test_yolo_lines_parse_and_rasterise_back():
     assert 0.7 < iou(filled[2], ring) < 0.9
 
 
+def test_yolo_keeps_the_largest_region_of_a_mask():
+    yy, xx = np.mgrid[:H, :W]
+    two_pieces = ((xx - 40) ** 2 + (yy - 45) ** 2 < 25**2) | ((np.abs(xx - 110) < 8) & (np.abs(yy - 20) < 8))
+    text, _ = yolo_labels([ExportObject("a", two_pieces), ExportObject("empty", np.zeros((H, W), bool))])
+    rows = parse_yolo(text)
+    assert len(rows) == 1  # one object, one line; the empty mask gives none
+    assert rows[0][1][:, 0].max() * W < 70  # the disc, not the small square
+
+
 def test_pngs_have_the_image_size():
     image, objects = scene()
     m = Image.open(io.BytesIO(mask_png(objects[0].mask)))
