@@ -1,9 +1,8 @@
 """SAM's ViT image encoder (ViT-B/L/H and SlimSAM's narrower variants).
 
 Module and parameter names follow Meta's `segment_anything.modeling.image_encoder`, so Meta's
-checkpoints load strictly. Attention runs through `scaled_dot_product_attention`; the decomposed
-relative-position bias is folded into extended queries and keys instead of being added to a
-materialised (H*W)x(H*W) score matrix.
+checkpoints load strictly. Attention runs through the fused `scaled_dot_product_attention` kernel with
+the decomposed relative-position bias as its mask, so no separate score matrix or softmax pass is made.
 """
 
 import torch
@@ -113,42 +112,39 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """BxHxWxC -> BxHxWxC."""
         B, H, W, _ = x.shape
-        qkv = self.qkv(x).reshape(B, H * W, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        N = H * W
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each B x heads x HW x head_dim
-        q, k = fold_rel_pos(q, k, self.scale, self.rel_pos_h, self.rel_pos_w, (H, W))
-        x = F.scaled_dot_product_attention(q, k, v, scale=1.0)
-        x = x.transpose(1, 2).reshape(B, H, W, -1)
-        return self.proj(x)
+        rel_h, rel_w = rel_pos_terms(q, self.rel_pos_h, self.rel_pos_w, (H, W))
+        # The (HW)x(HW) bias is built for a slice of query rows at a time to bound memory.
+        step = max(1, MAX_BIAS_ELEMENTS // (B * self.num_heads * N))
+        out = []
+        for i in range(0, N, step):
+            bias = (rel_h[:, :, i : i + step] + rel_w[:, :, i : i + step]).flatten(-2)
+            out.append(F.scaled_dot_product_attention(q[:, :, i : i + step], k, v, attn_mask=bias))
+        x = out[0] if len(out) == 1 else torch.cat(out, dim=2)
+        return self.proj(x.transpose(1, 2).reshape(B, H, W, -1))
 
 
-def fold_rel_pos(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    scale: float,
-    rel_pos_h: torch.Tensor,
-    rel_pos_w: torch.Tensor,
-    size: tuple[int, int],
+MAX_BIAS_ELEMENTS = 1 << 27  # 512 MB of float32 attention bias at most
+
+
+def rel_pos_terms(
+    q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, size: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Extend q and k so that q' @ k'^T = scale * q @ k^T + rel_h + rel_w.
+    """Meta's decomposed relative-position terms, shaped to broadcast into a score matrix.
 
-    Meta adds rel_h[q, key_row] + rel_w[q, key_col] to the score matrix. The same sum comes out
-    of a dot product when q carries [scale * q, rel_h(q), rel_w(q)] and k carries [k, onehot(key_row),
-    onehot(key_col)], which lets the fused attention kernel do the work without an (HW)x(HW) bias.
-
-    q, k: B x heads x HW x d  ->  B x heads x HW x (d + H + W).
+    q: B x heads x HW x d (unscaled) -> rel_h: B x heads x HW x H x 1, rel_w: B x heads x HW x 1 x W, so that
+    (rel_h + rel_w).flatten(-2) is the bias Meta adds to the (HW)x(HW) attention scores.
     """
     H, W = size
     B, nh, N, d = q.shape
     Rh = get_rel_pos(H, H, rel_pos_h).to(q.dtype)
     Rw = get_rel_pos(W, W, rel_pos_w).to(q.dtype)
     r_q = q.reshape(B, nh, H, W, d)
-    rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, Rh).reshape(B, nh, N, H)
-    rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, Rw).reshape(B, nh, N, W)
-    eye_h = torch.eye(H, dtype=k.dtype, device=k.device).repeat_interleave(W, 0)  # N x H: key row
-    eye_w = torch.eye(W, dtype=k.dtype, device=k.device).repeat(H, 1)  # N x W: key column
-    q = torch.cat([q * scale, rel_h, rel_w], dim=-1)
-    k = torch.cat([k, eye_h.expand(B, nh, N, H), eye_w.expand(B, nh, N, W)], dim=-1)
-    return q, k
+    rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, Rh).reshape(B, nh, N, H, 1)
+    rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, Rw).reshape(B, nh, N, 1, W)
+    return rel_h, rel_w
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
