@@ -1,0 +1,273 @@
+"""SamAutomaticMaskGenerator: masks for everything in an image, from a grid of point prompts (Meta's API).
+
+It returns the records of segment-anything's generator, computed in another order. Meta upsamples
+the three candidate masks of every point to the full image before it filters them; here the filters
+(predicted IoU, stability score, boxes near crop edges) and the NMS are decided from the low-res
+logits (`LowResMasks` gives the exact full-resolution counts and boxes from them, evaluating pixels
+only along the mask contours), and only the masks that are returned are upsampled.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import masks
+from .amg import (
+    LowResMasks,
+    batched_nms,
+    box_xyxy_to_xywh,
+    build_all_layer_point_grids,
+    generate_crop_boxes,
+    is_box_near_crop_edge,
+    remove_small_regions,
+    uncrop_boxes_xyxy,
+    uncrop_points,
+)
+from .modeling.sam import Sam
+from .predictor import ImageEmbedding, SamPredictor
+
+OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+
+# Candidates are kept as a dict of tensors sharing their first dimension:
+# logits Nxhxw (low-res), iou N, stability N, boxes Nx4 (XYXY inclusive), points Nx2, crop N (crop index),
+# dense N (the counts came from the whole upsampled mask; the mask is then upsampled the same way).
+Candidates = dict[str, torch.Tensor]
+
+
+def _take(data: Candidates, keep: torch.Tensor) -> Candidates:
+    return {key: value[keep] for key, value in data.items()}
+
+
+def _cat(parts: list[Candidates]) -> Candidates:
+    return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+
+
+class SamAutomaticMaskGenerator:
+    def __init__(
+        self,
+        model: Sam,
+        points_per_side: int | None = 32,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float = 0.88,
+        stability_score_thresh: float = 0.95,
+        stability_score_offset: float = 1.0,
+        box_nms_thresh: float = 0.7,
+        crop_n_layers: int = 0,
+        crop_nms_thresh: float = 0.7,
+        crop_overlap_ratio: float = 512 / 1500,
+        crop_n_points_downscale_factor: int = 1,
+        point_grids: list[np.ndarray] | None = None,
+        min_mask_region_area: int = 0,
+        output_mode: str = "binary_mask",
+    ) -> None:
+        """Arguments and defaults are those of segment-anything's generator (its docstring explains each).
+
+        point_grids: one Nx2 grid of points in [0, 1] per crop layer, instead of points_per_side.
+        output_mode: "binary_mask" (HxW bool arrays), "uncompressed_rle" or "coco_rle" (compressed counts).
+        """
+        if (points_per_side is None) == (point_grids is None):
+            raise ValueError("give exactly one of points_per_side and point_grids")
+        if points_per_side is not None:
+            if points_per_side < 1:
+                raise ValueError(f"points_per_side must be >= 1, got {points_per_side}")
+            point_grids = build_all_layer_point_grids(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
+        if len(point_grids) < crop_n_layers + 1:
+            raise ValueError(f"point_grids has {len(point_grids)} grids, {crop_n_layers + 1} crop layers need one each")
+        if output_mode not in OUTPUT_MODES:
+            raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
+        if points_per_batch < 1:
+            raise ValueError(f"points_per_batch must be >= 1, got {points_per_batch}")
+        self.predictor = SamPredictor(model)
+        self.point_grids = [np.asarray(g, dtype=np.float64).reshape(-1, 2) for g in point_grids]
+        self.points_per_batch = points_per_batch
+        self.pred_iou_thresh = pred_iou_thresh
+        self.stability_score_thresh = stability_score_thresh
+        self.stability_score_offset = stability_score_offset
+        self.box_nms_thresh = box_nms_thresh
+        self.crop_n_layers = crop_n_layers
+        self.crop_nms_thresh = crop_nms_thresh
+        self.crop_overlap_ratio = crop_overlap_ratio
+        self.crop_n_points_downscale_factor = crop_n_points_downscale_factor
+        self.min_mask_region_area = min_mask_region_area
+        self.output_mode = output_mode
+        self._grids: dict[tuple, LowResMasks] = {}
+
+    @torch.no_grad()
+    def generate(
+        self,
+        image: np.ndarray,
+        embedding: ImageEmbedding | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Masks for an HxWx3 uint8 RGB image: a list of records, as segment-anything's generator.
+
+        Each record: segmentation (HxW bool array, or an RLE dict), area (pixels), bbox [x, y, w, h]
+        (w = last column - first column, as Meta), predicted_iou, point_coords [[x, y]],
+        stability_score, crop_box [x, y, w, h].
+        embedding: the image's embedding if it was computed already (used for the whole-image crop).
+        progress: called with (points done, points in total) after each batch of points.
+        """
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected an HxWx3 uint8 image, got shape {image.shape} dtype {image.dtype}")
+        orig_size = image.shape[:2]
+        if embedding is not None and tuple(embedding.original_size) != orig_size:
+            raise ValueError(f"the embedding is of an image of size {embedding.original_size}, not {orig_size}")
+        crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
+        total = sum(len(self.point_grids[layer]) for layer in layer_idxs)
+        counter = [0, total, progress]
+        parts, grids = [], []
+        for i, (crop_box, layer) in enumerate(zip(crop_boxes, layer_idxs)):
+            part, grid = self._process_crop(image, i, crop_box, layer, embedding if i == 0 else None, counter)
+            grids.append(grid)
+            if part is not None:
+                parts.append(part)
+        if not parts:
+            return []
+        data = _cat(parts)
+        if len(crop_boxes) > 1:
+            # Prefer masks from smaller crops (Meta's score: 1 / crop area).
+            boxes_of_crops = torch.tensor(crop_boxes)
+            crop_area = (boxes_of_crops[:, 2] - boxes_of_crops[:, 0]) * (boxes_of_crops[:, 3] - boxes_of_crops[:, 1])
+            scores = 1 / crop_area[data["crop"]]
+            keep = batched_nms(data["boxes"].float(), scores, torch.zeros(len(scores)), self.crop_nms_thresh)
+            data = _take(data, keep)
+        return self._records(data, crop_boxes, grids, orig_size)
+
+    def predict_low_res(self, points: torch.Tensor, crop_box: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bx2 points (model-input pixels of the crop the predictor holds) -> low-res logits BxMxhxw, IoU BxM.
+
+        The one place the model is asked for masks; crop_box (x0, y0, x1, y1 in the image) is unused here.
+        """
+        labels = torch.ones(len(points), 1, dtype=torch.int, device=points.device)
+        return self.predictor.decode((points[:, None, :], labels), None, None, multimask_output=True)
+
+    def _process_crop(
+        self,
+        image: np.ndarray,
+        crop_index: int,
+        crop_box: list[int],
+        layer: int,
+        embedding: ImageEmbedding | None,
+        counter: list,
+    ) -> tuple[Candidates | None, LowResMasks | None]:
+        """Candidates of one crop after NMS (in image coordinates) and the upsampling of their logits."""
+        x0, y0, x1, y1 = crop_box
+        cropped = image[y0:y1, x0:x1, :]
+        crop_size = cropped.shape[:2]
+        if embedding is not None:
+            self.predictor.set_embedding(embedding)
+        else:
+            self.predictor.set_image(cropped)
+        points_for_image = self.point_grids[layer] * np.array(crop_size)[None, ::-1]
+        parts, grid = [], None
+        for start in range(0, len(points_for_image), self.points_per_batch):
+            points = points_for_image[start : start + self.points_per_batch]
+            part, grid = self._process_batch(points, crop_size, crop_box, image.shape[:2])
+            parts.append(part)
+            counter[0] += len(points)
+            if counter[2] is not None:
+                counter[2](counter[0], counter[1])
+        self.predictor.reset_image()
+        data = _cat(parts)
+        if len(data["iou"]) == 0:
+            return None, grid
+        keep = batched_nms(data["boxes"].float(), data["iou"], torch.zeros(len(data["iou"])), self.box_nms_thresh)
+        data = _take(data, keep)
+        data["boxes"] = uncrop_boxes_xyxy(data["boxes"], crop_box)
+        data["points"] = uncrop_points(data["points"], crop_box)
+        data["crop"] = torch.full((len(keep),), crop_index, dtype=torch.int64)
+        return data, grid
+
+    def _process_batch(
+        self, points: np.ndarray, crop_size: tuple[int, int], crop_box: list[int], orig_size: tuple[int, int]
+    ) -> tuple[Candidates, LowResMasks]:
+        transformed = self.predictor.transform.apply_coords(points, crop_size)
+        in_points = torch.as_tensor(transformed, device=self.predictor.device)
+        logits, iou = self.predict_low_res(in_points, crop_box)
+        n_masks = logits.shape[1]
+        data = {
+            "logits": logits.flatten(0, 1).float().cpu(),
+            "iou": iou.flatten(0, 1).float().cpu(),
+            "points": torch.as_tensor(points.repeat(n_masks, axis=0)),
+        }
+        if self.pred_iou_thresh > 0.0:
+            data = _take(data, data["iou"] > self.pred_iou_thresh)
+        # Stability score: pixels above threshold + offset over pixels above threshold - offset at full
+        # resolution, with Meta's int32 / int32 -> float32. A mask whose score cannot reach the threshold
+        # even at the bounds of its counts (upper bound of the first over lower bound of the second) is
+        # dropped before the exact counts; the small margin covers rounding of Meta's float32 score.
+        t = self.predictor.model.mask_threshold
+        thresholds = (t + self.stability_score_offset, t - self.stability_score_offset, t)
+        grid = self._grid(tuple(data["logits"].shape[-2:]), crop_size)
+        if self.stability_score_thresh > 0.0:
+            lower, upper = grid.count_bounds(data["logits"], thresholds[:2])
+            best = upper[:, 0] / lower[:, 1]  # inf or nan when the lower bound is 0: kept
+            data = _take(data, ~(best < np.float32(self.stability_score_thresh) - 1e-6))
+        counts, data["boxes"], data["dense"] = grid.stats(data["logits"], thresholds, box_index=2)
+        data["stability"] = counts[:, 0].int() / counts[:, 1].int()
+        if self.stability_score_thresh > 0.0:
+            data = _take(data, data["stability"] >= self.stability_score_thresh)
+        near_edge = is_box_near_crop_edge(data["boxes"], crop_box, [0, 0, orig_size[1], orig_size[0]])
+        return _take(data, ~near_edge), grid
+
+    def _grid(self, low_size: tuple[int, int], crop_size: tuple[int, int]) -> LowResMasks:
+        """The upsampling of this predictor's low-res logits to crop_size (cached: crops share sizes)."""
+        key = (low_size, self.predictor.model.img_size, self.predictor.input_size, crop_size)
+        if key not in self._grids:
+            self._grids[key] = LowResMasks(*key)
+        return self._grids[key]
+
+    def _records(
+        self, data: Candidates, crop_boxes: list[list[int]], grids: list, orig_size: tuple[int, int]
+    ) -> list[dict]:
+        """Upsample the surviving masks one at a time, remove small regions, encode, write records."""
+        h, w = orig_size
+        t = self.predictor.model.mask_threshold
+        segmentations, areas, boxes, changed = [], [], data["boxes"].tolist(), []
+        for i, (logits, crop, dense) in enumerate(zip(data["logits"], data["crop"].tolist(), data["dense"].tolist())):
+            x0, y0, x1, y1 = crop_boxes[crop]
+            mask = grids[crop].mask(logits, t, dense).numpy()
+            if (x0, y0, x1, y1) != (0, 0, w, h):
+                full = np.zeros((h, w), dtype=bool)
+                full[y0:y1, x0:x1] = mask
+                mask = full
+            if self.min_mask_region_area > 0:
+                mask, holes = remove_small_regions(mask, self.min_mask_region_area, "holes")
+                mask, islands = remove_small_regions(mask, self.min_mask_region_area, "islands")
+                changed.append(holes or islands)
+                if changed[-1]:
+                    boxes[i] = _inclusive_box(mask)
+            areas.append(masks.area(mask))
+            if self.output_mode == "binary_mask":
+                segmentations.append(mask)
+            elif self.output_mode == "uncompressed_rle":
+                segmentations.append(masks.mask_to_rle(mask))
+            else:
+                segmentations.append(masks.encode_coco_rle(mask))
+        order = list(range(len(segmentations)))
+        if self.min_mask_region_area > 0 and order:
+            # As Meta: rerun NMS on the new boxes, preferring the masks that did not change.
+            scores = torch.tensor([0.0 if c else 1.0 for c in changed])
+            nms_thresh = max(self.box_nms_thresh, self.crop_nms_thresh)
+            order = batched_nms(torch.tensor(boxes).float(), scores, torch.zeros(len(order)), nms_thresh).tolist()
+        return [
+            {
+                "segmentation": segmentations[i],
+                "area": areas[i],
+                "bbox": box_xyxy_to_xywh(boxes[i]),
+                "predicted_iou": data["iou"][i].item(),
+                "point_coords": [data["points"][i].tolist()],
+                "stability_score": data["stability"][i].item(),
+                "crop_box": box_xyxy_to_xywh(crop_boxes[int(data["crop"][i])]),
+            }
+            for i in order
+        ]
+
+
+def _inclusive_box(mask: np.ndarray) -> list[int]:
+    """HxW bool -> [x0, y0, x1, y1] with x1, y1 the last column and row (Meta's boxes); zeros when empty."""
+    x0, y0, x1, y1 = masks.mask_to_box(mask)
+    return [x0, y0, x1 - 1, y1 - 1] if x1 > x0 else [0, 0, 0, 0]
