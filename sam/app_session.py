@@ -1,0 +1,315 @@
+"""One visitor's state in the app: which image, the prompts of the current object, its candidate masks, objects.
+
+Plain Python and numpy: the model is reached through a decoder passed to each call (`sam.service.Decoder`
+or anything with the same `decode` / `masks` methods), so all of this is tested without a browser.
+A session holds only small things: keys into the shared caches, the prompts, the current candidates'
+low-res logits (at most 3x256x256 float32, 0.8 MB) and finished objects as compressed COCO RLE.
+
+The flow follows Meta's predictor notebook: one point -> three candidates, the best selected; each
+further prompt is decoded with the selected candidate's low-res logits as `mask_input` and one output.
+Undo replays the remaining prompts (with the candidates picked at each step), so it gives back exactly
+the earlier masks.
+"""
+
+import math
+import re
+import secrets
+import threading
+import time
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from .masks import area, decode_coco_rle, encode_coco_rle, mask_to_box
+
+MAX_PROMPTS = 64  # per object
+MAX_OBJECTS = 64  # per image
+MAX_NAME = 40
+COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#9a6324", "#469990")
+
+
+class DecoderLike(Protocol):
+    original_size: tuple[int, int]
+
+    def decode(self, points, labels, box, mask_input, multimask: bool) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def masks(self, low_res: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray: ...
+
+
+@dataclass
+class Prompt:
+    """A point (x, y, label 1 = positive, 0 = negative) or a box (x0, y0, x1, y1), in image pixels."""
+
+    kind: str  # "point" or "box"
+    coords: tuple[float, ...]
+    label: int = 1
+    choice: int | None = None  # the candidate picked after this prompt (None: the best one)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "coords": [round(c, 2) for c in self.coords], "label": self.label}
+
+
+@dataclass
+class SessionObject:
+    name: str
+    color: str
+    rle: dict[str, Any]  # compressed COCO RLE at image size
+    score: float  # predicted IoU
+    area: int
+    box: list[int]  # x0, y0, x1, y1 (pixel edges)
+
+    def mask(self) -> np.ndarray:
+        return decode_coco_rle(self.rle)
+
+
+@dataclass
+class ImageRef:
+    key: str  # content hash (see sam.service.image_key)
+    width: int
+    height: int
+    name: str = "image"
+    path: str | None = None  # where it can be reread if it leaves the server's image cache
+
+
+@dataclass
+class AppSession:
+    """Per-visitor state; `lock` serialises requests of one page. Never holds the model or the embedding."""
+
+    model_name: str = ""
+    image: ImageRef | None = None
+    prompts: list[Prompt] = field(default_factory=list)
+    low_res: np.ndarray | None = None  # Cxhxw logits of the current candidates
+    scores: np.ndarray | None = None  # C predicted IoUs
+    selected: int = 0
+    objects: list[SessionObject] = field(default_factory=list)
+    objects_version: int = 0
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(18))
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+    touched: float = field(default_factory=time.monotonic)
+
+    # image and model ---------------------------------------------------------------------------------
+    def set_image(self, image: ImageRef, model_name: str) -> None:
+        """A new image: prompts, candidates and objects (which belong to the old image) are dropped."""
+        self.image, self.model_name = image, model_name
+        self.clear()
+        self.objects = []
+        self.objects_version += 1
+
+    def require_image(self) -> ImageRef:
+        if self.image is None:
+            raise ValueError("upload an image or pick an example first")
+        return self.image
+
+    # prompts --------------------------------------------------------------------------------------------
+    def add_point(self, decoder: DecoderLike, x: float, y: float, label: int) -> None:
+        self._push(decoder, Prompt("point", (x, y), label))
+
+    def set_box(self, decoder: DecoderLike, box: tuple[float, float, float, float]) -> None:
+        """A box for the current object; it replaces an earlier box and combines with the points."""
+        self._push(decoder, Prompt("box", tuple(box)))
+
+    def _push(self, decoder: DecoderLike, prompt: Prompt) -> None:
+        self.require_image()
+        if len(self.prompts) >= MAX_PROMPTS:
+            raise ValueError(f"at most {MAX_PROMPTS} prompts per object: add the object or undo")
+        self.prompts.append(prompt)
+        try:
+            self._step(decoder, len(self.prompts))
+        except Exception:
+            self.prompts.pop()
+            raise
+
+    def _inputs(self, prompts: list[Prompt]) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        points = [p.coords for p in prompts if p.kind == "point"]
+        labels = [p.label for p in prompts if p.kind == "point"]
+        boxes = [p.coords for p in prompts if p.kind == "box"]
+        return (
+            np.asarray(points, dtype=np.float64).reshape(-1, 2) if points else None,
+            np.asarray(labels, dtype=np.int64) if labels else None,
+            np.asarray(boxes[-1], dtype=np.float64) if boxes else None,
+        )
+
+    def _step(self, decoder: DecoderLike, n: int) -> None:
+        """Decode the first n prompts, refining the candidate selected after prompt n - 1."""
+        prompts = self.prompts[:n]
+        points, labels, box = self._inputs(prompts)
+        mask_input = self.low_res[self.selected] if n > 1 and self.low_res is not None else None
+        multimask = n == 1 and prompts[0].kind == "point"
+        low_res, scores = decoder.decode(points, labels, box, mask_input, multimask)
+        self.low_res, self.scores = np.asarray(low_res, dtype=np.float32), np.asarray(scores, dtype=np.float32)
+        choice = prompts[-1].choice
+        self.selected = choice if choice is not None and 0 <= choice < len(scores) else int(np.argmax(scores))
+
+    def replay(self, decoder: DecoderLike) -> None:
+        """Recompute the candidates from the prompts (after undo, or with another model)."""
+        self.low_res = self.scores = None
+        self.selected = 0
+        for n in range(1, len(self.prompts) + 1):
+            self._step(decoder, n)
+
+    def choose(self, index: int) -> None:
+        if self.scores is None or not 0 <= index < len(self.scores):
+            raise ValueError(f"no candidate {index}")
+        self.selected = index
+        self.prompts[-1].choice = index
+
+    def undo(self, decoder: DecoderLike) -> None:
+        if not self.prompts:
+            return
+        self.prompts.pop()
+        self.replay(decoder)
+
+    def clear(self) -> None:
+        self.prompts = []
+        self.low_res = self.scores = None
+        self.selected = 0
+
+    def preview(self, decoder: DecoderLike, x: float, y: float) -> tuple[np.ndarray, float]:
+        """The mask the current prompts plus a positive point at (x, y) would give (state is unchanged).
+
+        Returns hxw low-res logits and the predicted IoU.
+        """
+        self.require_image()
+        prompts = [*self.prompts, Prompt("point", (x, y), 1)][-MAX_PROMPTS:]
+        points, labels, box = self._inputs(prompts)
+        mask_input = self.low_res[self.selected] if self.low_res is not None else None
+        low_res, scores = decoder.decode(points, labels, box, mask_input, len(prompts) == 1)
+        best = int(np.argmax(scores))
+        return np.asarray(low_res[best], dtype=np.float32), float(scores[best])
+
+    # objects ----------------------------------------------------------------------------------------------
+    def add_object(self, decoder: DecoderLike, name: str = "") -> SessionObject:
+        """The selected candidate becomes a named object; the next prompts start a new object."""
+        if self.low_res is None or self.scores is None:
+            raise ValueError("click on the image first: there is no mask to add")
+        if len(self.objects) >= MAX_OBJECTS:
+            raise ValueError(f"at most {MAX_OBJECTS} objects per image")
+        mask = decoder.masks(self.low_res[self.selected : self.selected + 1])[0]
+        n = len(self.objects)
+        obj = SessionObject(
+            name=clean_name(name) or f"object {n + 1}",
+            color=COLORS[n % len(COLORS)],
+            rle=encode_coco_rle(mask),
+            score=float(self.scores[self.selected]),
+            area=area(mask),
+            box=mask_to_box(mask),
+        )
+        self.objects.append(obj)
+        self.objects_version += 1
+        self.clear()
+        return obj
+
+    def delete_object(self, index: int) -> None:
+        if not 0 <= index < len(self.objects):
+            raise ValueError(f"no object {index}")
+        del self.objects[index]
+        self.objects_version += 1
+
+    def close(self) -> None:
+        """Drop the arrays (called when the session expires)."""
+        self.clear()
+        self.objects = []
+        self.image = None
+
+
+def clean_name(name: Any) -> str:
+    """Untrusted object name -> one printable line of at most MAX_NAME characters."""
+    text = re.sub(r"[\x00-\x1f\x7f<>]+", " ", str(name or ""))
+    return " ".join(text.split())[:MAX_NAME].strip()
+
+
+# Untrusted input from the page -----------------------------------------------------------------------------
+
+ACTIONS = ("point", "box", "undo", "clear", "choose", "add", "delete", "hover")
+
+
+@dataclass(frozen=True)
+class Action:
+    type: str
+    x: float = 0.0
+    y: float = 0.0
+    label: int = 1
+    box: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    index: int = 0
+    name: str = ""
+
+
+def _number(data: Mapping, key: str) -> float:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{key} must be a finite number, got {str(value)[:20]!r}")
+    return float(value)
+
+
+def _index(data: Mapping, key: str) -> int:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{key} must be an integer, got {str(value)[:20]!r}")
+    return value
+
+
+def parse_action(data: Any, image: ImageRef | None) -> Action:
+    """Validate a request from the page (types, ranges, image bounds); raises ValueError with the reason."""
+    if not isinstance(data, Mapping):
+        raise ValueError("the request must be a JSON object")
+    kind = data.get("type")
+    if kind not in ACTIONS:
+        raise ValueError(f"unknown action {str(kind)[:20]!r}; expected one of {', '.join(ACTIONS)}")
+    if kind in ("point", "box", "hover") and image is None:
+        raise ValueError("upload an image or pick an example first")
+    if kind in ("point", "hover"):
+        x, y = _number(data, "x"), _number(data, "y")
+        if not (0 <= x <= image.width and 0 <= y <= image.height):
+            raise ValueError(f"point ({x:.0f}, {y:.0f}) is outside the {image.width}x{image.height} image")
+        label = data.get("label", 1)
+        if kind == "point" and label not in (0, 1):
+            raise ValueError(f"label must be 1 (positive) or 0 (negative), got {str(label)[:20]!r}")
+        return Action(kind, x=x, y=y, label=int(label) if kind == "point" else 1)
+    if kind == "box":
+        box = data.get("box")
+        if not isinstance(box, list | tuple) or len(box) != 4:
+            raise ValueError("box must be [x0, y0, x1, y1]")
+        x0, y0, x1, y1 = (_number({"box": v}, "box") for v in box)
+        x0, x1 = sorted((min(max(x0, 0.0), image.width), min(max(x1, 0.0), image.width)))
+        y0, y1 = sorted((min(max(y0, 0.0), image.height), min(max(y1, 0.0), image.height)))
+        if x1 - x0 < 1 or y1 - y0 < 1:
+            raise ValueError("the box is empty")
+        return Action(kind, box=(x0, y0, x1, y1))
+    if kind in ("choose", "delete"):
+        return Action(kind, index=_index(data, "index"))
+    if kind == "add":
+        name = data.get("name", "")
+        if not isinstance(name, str):
+            raise ValueError("name must be text")
+        return Action(kind, name=clean_name(name))
+    return Action(kind)
+
+
+class SessionRegistry:
+    """token -> session, for requests that bypass Gradio's queue. Weak: gr.State owns the sessions, so a
+    session that Gradio drops (expiry, eviction) disappears here as well."""
+
+    def __init__(self) -> None:
+        self._sessions: weakref.WeakValueDictionary[str, AppSession] = weakref.WeakValueDictionary()
+        self._lock = threading.Lock()
+
+    def add(self, session: AppSession) -> None:
+        with self._lock:
+            self._sessions[session.token] = session
+
+    def get(self, token: Any) -> AppSession | None:
+        if not isinstance(token, str) or len(token) > 64:
+            return None
+        with self._lock:
+            return self._sessions.get(token)
+
+    def remove(self, session: AppSession) -> None:
+        with self._lock:
+            if self._sessions.get(session.token) is session:
+                del self._sessions[session.token]
+
+    def __len__(self) -> int:
+        return len(self._sessions)

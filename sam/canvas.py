@@ -1,0 +1,273 @@
+"""The app's image canvas: a custom `gr.HTML` component and the server side of its requests.
+
+The page shows the user's image from their own file and draws masks, points and boxes over it
+(`static/canvas.js`). Clicks, drags and hovers call `CanvasServer.sam_act` directly (Gradio's
+`server_functions`, no queue round trip); the answer carries only masks as 1-bit PNG data URLs at the
+display size (the image size, long side at most 1024). Image uploads go through Gradio's queue
+(`image` event) because an embedding takes seconds and runs one at a time.
+"""
+
+import base64
+import io
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from .app_session import AppSession, ImageRef, SessionRegistry, parse_action
+from .service import Decoder, Embedded, Service, model_info
+
+logger = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "static"
+DISPLAY_MAX_SIDE = 1024
+
+HTML_TEMPLATE = """
+<div class="sam-canvas" tabindex="0">
+  <div class="sam-toolbar">
+    <button type="button" class="sam-upload sam-primary">Upload image</button>
+    <input type="file" accept="image/*" class="sam-file" hidden>
+    <button type="button" class="sam-mode" aria-pressed="false" title="Right click also adds a negative point (key: n)">
+      + Positive point</button>
+    <label class="sam-check"><input type="checkbox" class="sam-hover-toggle" checked> Hover preview</label>
+    <button type="button" class="sam-undo" title="Ctrl+Z">Undo</button>
+    <button type="button" class="sam-clear">Clear</button>
+  </div>
+  <div class="sam-stage">
+    <div class="sam-frame"><img class="sam-img" alt="image to segment"><canvas class="sam-overlay"></canvas></div>
+    <div class="sam-empty">Drop an image here, paste one, or use Upload image. Or pick an example below.</div>
+    <div class="sam-busy" hidden></div>
+  </div>
+  <div class="sam-hint">Click: positive point. Right click or negative mode: negative point. Drag: box.</div>
+  <div class="sam-candidates"></div>
+  <div class="sam-objects-bar">
+    <input type="text" class="sam-name" maxlength="40" placeholder="Object name (optional)">
+    <button type="button" class="sam-add">Add object</button>
+  </div>
+  <ul class="sam-objects"></ul>
+  <div class="sam-message" role="status"></div>
+</div>
+"""
+
+
+def display_size(height: int, width: int, max_side: int = DISPLAY_MAX_SIDE) -> tuple[int, int]:
+    """(H, W) of the masks sent to the page: the image size, scaled down so the long side is <= max_side."""
+    scale = min(1.0, max_side / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def mask_data_url(mask: np.ndarray) -> str:
+    """HxW bool -> a 1-bit PNG data URL, white inside and transparent outside."""
+    mask = np.asarray(mask, dtype=bool)
+    h, w = mask.shape
+    im = Image.frombytes("1", (w, h), np.packbits(mask, axis=1).tobytes())
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", transparency=0, compress_level=1)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def image_data_url(image: np.ndarray, quality: int = 90) -> str:
+    """HxWx3 uint8 -> a JPEG data URL (to show an example image in the page once)."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+class SamCanvas(gr.HTML):
+    """The canvas component; `server` answers its requests (`server.sam_act` in the page's script)."""
+
+    def __init__(self, server: "CanvasServer", **kwargs: Any) -> None:
+        def sam_act(data: Any) -> dict[str, Any]:  # a plain function: Gradio marks it as a server function
+            return server.sam_act(data)
+
+        super().__init__(
+            value={},
+            html_template=HTML_TEMPLATE,
+            css_template=(STATIC / "canvas.css").read_text(),
+            js_on_load=(STATIC / "canvas.js").read_text(),
+            server_functions=[sam_act],
+            apply_default_css=False,
+            **kwargs,
+        )
+
+    def api_info(self) -> dict[str, Any]:
+        return {"type": "object", "description": "the canvas state sent to the page"}
+
+
+class CanvasServer:
+    """Answers the page's requests: validates them, updates the session, returns masks as PNG data URLs."""
+
+    def __init__(self, service: Service, registry: SessionRegistry) -> None:
+        self.service = service
+        self.registry = registry
+
+    def decoder(self, session: AppSession) -> Decoder:
+        image = session.require_image()
+        embedded = self.service.embed(session.model_name, image.key, image.path)
+        return self.service.decoder(session.model_name, embedded.embedding)
+
+    def sam_act(self, data: Any) -> dict[str, Any]:
+        """One request from the page: {token, seq, type, ...} -> the changed parts of the view, or {error}."""
+        seq = data.get("seq") if isinstance(data, dict) else None
+        session = self.registry.get(data.get("token")) if isinstance(data, dict) else None
+        if session is None:
+            return {"error": "This page's session has expired: upload the image again.", "expired": True, "seq": seq}
+        start = time.perf_counter()
+        try:
+            with session.lock:
+                session.touched = time.monotonic()
+                out = self._act(session, data)
+        except (ValueError, LookupError) as e:
+            return {"error": str(e), "seq": seq}
+        except Exception as e:  # never a traceback in the page; the log has it
+            logger.exception("request %r failed", data.get("type"))
+            return {"error": f"Internal error ({type(e).__name__}); see the server log.", "seq": seq}
+        out["seq"] = seq
+        out["ms"] = round((time.perf_counter() - start) * 1000, 1)
+        return out
+
+    def _act(self, session: AppSession, data: dict[str, Any]) -> dict[str, Any]:
+        action = parse_action(data, session.image)
+        kind = action.type
+        if kind == "choose":
+            session.choose(action.index)
+            return {"selected": session.selected}
+        if kind == "clear":
+            session.clear()
+            return self.view(session, None, data)
+        if kind == "delete":
+            session.delete_object(action.index)
+            return self.view(session, None, data)
+        decoder = self.decoder(session)
+        if kind == "hover":
+            low_res, score = session.preview(decoder, action.x, action.y)
+            mask = decoder.masks(low_res[None], display_size(*decoder.original_size))[0]
+            return {"hover": {"png": mask_data_url(mask), "score": round(score, 4)}}
+        if kind == "point":
+            session.add_point(decoder, action.x, action.y, action.label)
+        elif kind == "box":
+            session.set_box(decoder, action.box)
+        elif kind == "undo":
+            session.undo(decoder)
+        elif kind == "add":
+            obj = session.add_object(decoder, action.name)
+            return {**self.view(session, decoder, data), "message": f"Added {obj.name}."}
+        return self.view(session, decoder, data)
+
+    def view(self, session: AppSession, decoder: Decoder | None, data: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Prompts, candidate masks and (when the page's copy is out of date) objects, for the page."""
+        out: dict[str, Any] = {"prompts": [p.as_json() for p in session.prompts], "selected": session.selected}
+        out["candidates"] = []
+        if session.low_res is not None and decoder is not None:
+            size = display_size(*decoder.original_size)
+            masks = decoder.masks(session.low_res, size)
+            out["candidates"] = [
+                {"png": mask_data_url(m), "score": round(float(s), 4)} for m, s in zip(masks, session.scores)
+            ]
+        if data is None or data.get("objects_version") != session.objects_version:
+            out["objects"] = self.objects(session)
+            out["objects_version"] = session.objects_version
+        return out
+
+    def objects(self, session: AppSession) -> list[dict[str, Any]]:
+        if session.image is None:
+            return []
+        size = display_size(session.image.height, session.image.width)
+        out = []
+        for obj in session.objects:
+            mask = obj.mask()
+            if mask.shape != size:
+                mask = np.asarray(Image.fromarray(mask).resize(size[::-1], Image.Resampling.NEAREST))
+            out.append(
+                {"name": obj.name, "color": obj.color, "score": round(obj.score, 4), "area": obj.area,
+                 "png": mask_data_url(mask)}
+            )
+        return out
+
+    # Queued events (seconds of work, one embedding at a time) ----------------------------------------------
+    def open_image(
+        self,
+        session: AppSession | None,
+        model_name: str,
+        image: np.ndarray,
+        name: str,
+        path: str | None,
+        send_image: bool,
+        rid: Any = None,
+    ) -> tuple[dict[str, Any], AppSession, str]:
+        """A new image for the session: keep it, embed it (cached by content) -> (view, session, status)."""
+        session = session if isinstance(session, AppSession) else AppSession()
+        self.registry.add(session)
+        with session.lock:
+            key = self.service.add_image(image)
+            embedded = self.service.embed(model_name, key, path)
+            h, w = image.shape[:2]
+            session.set_image(ImageRef(key, w, h, name, path), model_name)
+            view = self.view(session, None)
+        view.update(token=session.token, image={"key": key, "width": w, "height": h, "name": name}, rid=rid)
+        if send_image:
+            view["image"]["src"] = image_data_url(image)
+        return view, session, self.status(model_name, embedded)
+
+    def switch_model(self, session: AppSession | None, model_name: str) -> tuple[dict[str, Any], str]:
+        """Use another model for the session's image: embed again, replay the prompts -> (view, status)."""
+        self.service.models.get(model_name)  # raises with the reason when it cannot be loaded
+        if not isinstance(session, AppSession) or session.image is None:
+            return {}, self.status(model_name)
+        with session.lock:
+            image = session.image
+            embedded = self.service.embed(model_name, image.key, image.path)
+            session.model_name = model_name
+            decoder = self.service.decoder(model_name, embedded.embedding)
+            session.replay(decoder)
+            view = self.view(session, decoder)
+        view.update(token=session.token, image={"key": image.key, "width": image.width, "height": image.height})
+        return view, self.status(model_name, embedded)
+
+    def export(self, session: AppSession | None, folder: str | Path) -> Path:
+        """All objects of the session in one zip (sam.export.build_zip) written into `folder`."""
+        from .export import ExportObject, build_zip, safe_name
+
+        if not isinstance(session, AppSession) or session.image is None:
+            raise ValueError("upload an image first")
+        with session.lock:
+            if not session.objects:
+                raise ValueError("no objects yet: click on the image, then Add object")
+            ref = session.image
+            image = self.service.image(ref.key, ref.path)
+            objects = [ExportObject(o.name, o.mask(), o.score, _rgb(o.color)) for o in session.objects]
+        path = Path(folder) / f"{safe_name(Path(ref.name).stem, default='image')}_objects.zip"
+        path.write_bytes(build_zip(image, objects, ref.name))
+        return path
+
+    def status(self, model_name: str, embedded: Embedded | None = None) -> str:
+        """The status line: model, weights, precision, embedding time; or what is wrong and how to fix it."""
+        try:
+            info = model_info(model_name, self.service.models.get(model_name))
+        except Exception as e:
+            return model_error(model_name, e)
+        source = str(info["source"]).removeprefix(f"{model_name} ").strip("()")
+        name = f"**{model_name}** ({source})" if source != model_name else f"**{model_name}**"
+        parts = [name, str(info["precision"])]
+        if embedded is not None:
+            parts.append("embedding cached" if embedded.cached else f"embedding {embedded.seconds:.2f} s")
+        line = " · ".join(parts)
+        if info["random"]:
+            line = "⚠️ RANDOM WEIGHTS (masks are meaningless; for tests and development) · " + line
+        return line
+
+
+def _rgb(color: str) -> tuple[int, int, int]:
+    return int(color[1:3], 16), int(color[3:5], 16), int(color[5:7], 16)
+
+
+def model_error(model_name: str, error: Exception) -> str:
+    """Why a model cannot be used, and how to fix it (sam.weights puts the fix in its messages)."""
+    return (
+        f"⚠️ Could not load **{model_name}**: {error}\n\n"
+        "Choose another model above, or start the app with `python app.py --model PATH` "
+        "(a local checkpoint or folder) or `SAM_MODEL=...`."
+    )

@@ -1,0 +1,349 @@
+"""What the app shares between all its visitors: models loaded once per name, bounded caches, decoding.
+
+A Gradio app serves every visitor from one process. Sessions (`sam.app_session`) keep only keys into
+the caches here: a model is loaded once per name and shared; an image embedding is cached by image
+content in an LRU bounded in bytes and entries, so an example or a re-upload is instant for anyone.
+Everything here is thread-safe. Image embeddings run one at a time (they use every core); decoding runs
+in a separate, small pool of slots, so a click never waits behind another visitor's embedding.
+"""
+
+import contextlib
+import hashlib
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from .modeling.sam import Sam
+from .predictor import ImageEmbedding, SamPredictor
+
+DEFAULT_MODEL = "sam-vit-base"
+MAX_IMAGE_PIXELS = 40_000_000  # larger uploads are refused with a message (PIL's bomb limit is ~179 MP)
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    try:
+        return int(value) if value else default
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+
+
+class LRU:
+    """Thread-safe LRU bounded by entry count and by total bytes (`size_of(value)`)."""
+
+    def __init__(self, max_items: int, max_bytes: int, size_of: Callable[[object], int]) -> None:
+        self.max_items, self.max_bytes, self.size_of = max_items, max_bytes, size_of
+        self._data: OrderedDict[object, object] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: object) -> object | None:
+        with self._lock:
+            if key not in self._data:
+                return None
+            self._data.move_to_end(key)
+            return self._data[key]
+
+    def put(self, key: object, value: object) -> None:
+        size = self.size_of(value)
+        with self._lock:
+            if key in self._data:
+                self._bytes -= self.size_of(self._data.pop(key))
+            if size > self.max_bytes or self.max_items < 1:
+                return  # too large to keep at all
+            self._data[key] = value
+            self._bytes += size
+            while len(self._data) > self.max_items or self._bytes > self.max_bytes:
+                _, old = self._data.popitem(last=False)
+                self._bytes -= self.size_of(old)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+
+def image_key(image: np.ndarray) -> str:
+    """Content hash of an HxWx3 uint8 image (shape included)."""
+    h = hashlib.sha256(f"{image.shape}".encode())
+    h.update(np.ascontiguousarray(image).data)
+    return h.hexdigest()[:32]
+
+
+def read_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """An image file -> HxWx3 uint8 RGB, rotated by its EXIF orientation as browsers show it."""
+    try:
+        with Image.open(path) as im:
+            if im.width * im.height > max_pixels:
+                mp = max_pixels // 1_000_000
+                raise ValueError(f"the image is {im.width}x{im.height}; at most {mp} megapixels are accepted")
+            im = ImageOps.exif_transpose(im)
+            return np.asarray(im.convert("RGB"))
+    except (OSError, Image.DecompressionBombError) as e:
+        raise ValueError(f"could not read the image: {e}") from e
+
+
+def model_info(name: str, model: Sam) -> dict[str, object]:
+    """What the status line says about a model."""
+    source = str(getattr(model, "weights_source", name))
+    precision = getattr(model, "dtype_name", None) or str(next(model.parameters()).dtype).removeprefix("torch.")
+    return {
+        "name": name,
+        "source": source,
+        "random": source.startswith("random"),
+        "precision": {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(precision, precision),
+    }
+
+
+def _load(name: str) -> Sam:
+    from .weights import load_model
+
+    return load_model(name)
+
+
+class Models:
+    """Models loaded on first use, once per name, shared by every session.
+
+    At most `max_models` stay loaded (least recently used goes first): a picker over ViT-B/L/H would
+    otherwise hold several GB. A failed load is not remembered, so fixing the network and retrying works.
+    """
+
+    def __init__(self, loader: Callable[[str], Sam] = _load, max_models: int = 2) -> None:
+        self.loader = loader
+        self.max_models = max_models
+        self._models: OrderedDict[str, Sam] = OrderedDict()
+        self._lock = threading.Lock()
+        self._name_locks: dict[str, threading.Lock] = {}
+        self._errors: dict[str, tuple[float, Exception]] = {}  # name -> (when, error) of the last failed load
+
+    def get(self, name: str) -> Sam:
+        """The model for `name`, loading it if needed; raises the loader's error (WeightsError) on failure.
+
+        Callers that waited for a load that failed get its error rather than trying again one after the
+        other (a Hub that cannot be reached takes half a minute of retries to say so).
+        """
+        asked = time.monotonic()
+        with self._lock:
+            lock = self._name_locks.setdefault(name, threading.Lock())
+        with lock:  # one load per name at a time; other names load in parallel
+            with self._lock:
+                if name in self._models:
+                    self._models.move_to_end(name)
+                    return self._models[name]
+                failed = self._errors.get(name)
+            if failed is not None and failed[0] >= asked:
+                raise failed[1]
+            try:
+                model = self.loader(name)
+            except Exception as e:
+                with self._lock:
+                    self._errors[name] = (time.monotonic(), e)
+                raise
+            with self._lock:
+                self._models[name] = model
+                while len(self._models) > self.max_models:
+                    self._models.popitem(last=False)
+            return model
+
+    def loaded(self) -> list[str]:
+        with self._lock:
+            return list(self._models)
+
+
+@dataclass(frozen=True)
+class Embedded:
+    key: str  # image content hash
+    embedding: ImageEmbedding
+    seconds: float  # time spent computing it now (0 when it came from the cache)
+    cached: bool
+
+
+class Service:
+    """Models, an embedding LRU and an image LRU shared by all sessions; decoding with bounded concurrency."""
+
+    def __init__(
+        self,
+        models: Models | None = None,
+        cache_items: int | None = None,
+        cache_mb: int | None = None,
+        image_cache_mb: int | None = None,
+        decode_slots: int = 2,
+    ) -> None:
+        self.models = models or Models(max_models=_env_int("SAM_MAX_MODELS", 2))
+        nbytes = lambda e: e.nbytes  # noqa: E731
+        self.embeddings = LRU(
+            cache_items if cache_items is not None else _env_int("SAM_EMBEDDING_CACHE_ITEMS", 64),
+            (cache_mb if cache_mb is not None else _env_int("SAM_EMBEDDING_CACHE_MB", 512)) << 20,
+            nbytes,
+        )
+        self.images = LRU(
+            256, (image_cache_mb if image_cache_mb is not None else _env_int("SAM_IMAGE_CACHE_MB", 512)) << 20, nbytes
+        )
+        self._embed_lock = threading.Lock()  # one embedding at a time, whoever asks (page, API, re-embed)
+        self._decode_slots = threading.BoundedSemaphore(decode_slots)
+
+    # images -----------------------------------------------------------------------------------------
+    def add_image(self, image: np.ndarray) -> str:
+        """Keep an HxWx3 uint8 image (for re-embedding and exports); returns its key."""
+        image = np.ascontiguousarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or min(image.shape[:2]) < 1:
+            raise ValueError(f"expected an HxWx3 uint8 image, got shape {image.shape} dtype {image.dtype}")
+        key = image_key(image)
+        image.setflags(write=False)
+        self.images.put(key, image)
+        return key
+
+    def image(self, key: str, path: str | None = None) -> np.ndarray:
+        """A kept image; reread from `path` if it left the cache. Raises LookupError when it is gone."""
+        image = self.images.get(key)
+        if image is None and path and Path(path).is_file():
+            image = read_image(path)
+            if image_key(image) == key:
+                self.images.put(key, image)
+            else:
+                image = None
+        if image is None:
+            raise LookupError("the image is no longer on the server: upload it again")
+        return image
+
+    # embeddings -------------------------------------------------------------------------------------
+    def embed(self, model_name: str, key: str, path: str | None = None) -> Embedded:
+        """Embedding of a kept image by `model_name`: from the cache, or computed (one at a time)."""
+        cached = self.embeddings.get((model_name, key))
+        if cached is not None:
+            return Embedded(key, cached, 0.0, True)
+        model = self.models.get(model_name)
+        image = self.image(key, path)
+        with self._embed_lock:
+            cached = self.embeddings.get((model_name, key))  # someone else may have just computed it
+            if cached is not None:
+                return Embedded(key, cached, 0.0, True)
+            start = time.perf_counter()
+            predictor = SamPredictor(model)
+            predictor.set_image(image)
+            embedding = predictor.embedding
+            seconds = time.perf_counter() - start
+        self.embeddings.put((model_name, key), embedding)
+        return Embedded(key, embedding, seconds, False)
+
+    def decoder(self, model_name: str, embedding: ImageEmbedding) -> "Decoder":
+        return Decoder(self.models.get(model_name), embedding, self._decode_slots)
+
+
+class Decoder:
+    """Prompts -> masks for one embedded image, with the shared model (a cheap object; no model copy)."""
+
+    def __init__(self, model: Sam, embedding: ImageEmbedding, slots: threading.BoundedSemaphore | None = None):
+        self.model = model
+        self.predictor = SamPredictor(model)
+        self.predictor.set_embedding(embedding)
+        self.slots = slots
+
+    @property
+    def original_size(self) -> tuple[int, int]:
+        return self.predictor.original_size
+
+    @torch.no_grad()
+    def decode(
+        self,
+        points: np.ndarray | None,
+        labels: np.ndarray | None,
+        box: np.ndarray | None,
+        mask_input: np.ndarray | None,
+        multimask: bool,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Points Nx2 (x, y) and box 4 in image pixels, mask_input hxw low-res logits ->
+        low-res logits Cxhxw (float32) and predicted IoU C; C = 3 with multimask else 1."""
+        p = self.predictor
+        coords = labels_t = box_t = mask_t = None
+        if points is not None and len(points):
+            coords = torch.as_tensor(p.transform.apply_coords(np.asarray(points, float), p.original_size)).float()[None]
+            labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.int)[None]
+        if box is not None:
+            box_t = torch.as_tensor(p.transform.apply_boxes(np.asarray(box, float)[None], p.original_size)).float()
+        if mask_input is not None:
+            mask_t = torch.as_tensor(mask_input, dtype=torch.float32)[None, None]
+        points_arg = (coords.to(p.device), labels_t.to(p.device)) if coords is not None else None
+        with self.slots or contextlib.nullcontext():
+            low_res, scores = p.decode(points_arg, box_t, mask_t, multimask)
+        return low_res[0].float().cpu().numpy(), scores[0].float().cpu().numpy()
+
+    @torch.no_grad()
+    def masks(self, low_res: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+        """Low-res logits Cxhxw -> bool masks CxHxW at `size` (default: the image size), as Meta's predictor.
+
+        Upsampled to the padded model input and cropped as Meta does; then resized to `size`.
+        """
+        p = self.predictor
+        x = torch.as_tensor(low_res, dtype=torch.float32)[None]
+        masks = self.model.postprocess_masks(x, p.input_size, size or p.original_size)
+        return (masks[0] > self.model.mask_threshold).numpy()
+
+
+
+
+def _prompt_arrays(points, labels, box) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """Validate API prompts: points [[x, y], ...], labels [1 or 0, ...], box [x0, y0, x1, y1]."""
+    try:
+        pts = np.asarray(points if points is not None else [], dtype=np.float64).reshape(-1, 2)
+        lab = np.asarray(labels if labels is not None else [], dtype=np.float64).reshape(-1)
+        bx = None if box is None or (hasattr(box, "__len__") and len(box) == 0) else np.asarray(box, np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"points must be [[x, y], ...], labels [1 or 0, ...], box [x0, y0, x1, y1]: {e}") from None
+    if len(pts) != len(lab):
+        raise ValueError(f"{len(pts)} points but {len(lab)} labels")
+    if not np.isin(lab, (0, 1)).all():
+        raise ValueError("labels must be 1 (foreground) or 0 (background)")
+    if bx is not None and bx.shape != (4,):
+        raise ValueError(f"box must be [x0, y0, x1, y1], got shape {bx.shape}")
+    if not np.isfinite(pts).all() or (bx is not None and not np.isfinite(bx).all()):
+        raise ValueError("coordinates must be finite numbers")
+    if len(pts) == 0 and bx is None:
+        raise ValueError("give at least one point or a box")
+    return (pts if len(pts) else None), (lab.astype(np.int64) if len(lab) else None), bx
+
+
+def segment(
+    service: Service,
+    model_name: str,
+    image: np.ndarray,
+    points=None,
+    labels=None,
+    box=None,
+    multimask: bool = True,
+) -> dict[str, object]:
+    """Masks for one object in an image, for scripts: COCO RLE masks at image size, scores, boxes.
+
+    points [[x, y], ...] with labels [1 or 0, ...] and/or box [x0, y0, x1, y1], in image pixels.
+    Returns {"size": [H, W], "masks": [RLE, ...], "scores": [...], "boxes": [[x0, y0, x1, y1], ...], "model": ...}
+    with 3 masks when multimask else 1, best score first.
+    """
+    from .masks import encode_coco_rle, mask_to_box
+
+    pts, lab, bx = _prompt_arrays(points, labels, box)
+    key = service.add_image(image)
+    embedded = service.embed(model_name, key)
+    decoder = service.decoder(model_name, embedded.embedding)
+    low_res, scores = decoder.decode(pts, lab, bx, None, bool(multimask))
+    order = np.argsort(-scores, kind="stable")
+    masks = decoder.masks(low_res[order])
+    info = model_info(model_name, service.models.get(model_name))
+    return {
+        "size": list(decoder.original_size),
+        "masks": [encode_coco_rle(m) for m in masks],
+        "scores": [round(float(s), 6) for s in scores[order]],
+        "boxes": [mask_to_box(m) for m in masks],
+        "model": model_name,
+        "weights": info["source"],
+        "embedding_seconds": round(embedded.seconds, 3),
+    }
