@@ -1,12 +1,13 @@
 """A Hugging Face Hub on loopback, and random checkpoints in each published layout.
 
 `LocalHub` answers what huggingface_hub's `hf_hub_download` and `snapshot_download` ask: HEAD/GET
-`/{repo}/resolve/{revision}/{path}` with X-Repo-Commit, ETag (sha256 for weight files, a git blob hash for
-small text files, as the Hub does), Content-Length and Range requests, `/api/models/{repo}[/revision/{rev}]`,
-and the error headers (X-Error-Code) that huggingface_hub turns into RepositoryNotFoundError,
-RevisionNotFoundError, EntryNotFoundError and GatedRepoError. `faults` breaks one file on purpose:
-"truncate" (serves the first half, consistently), "corrupt" (flips bytes) or "drop" (closes the connection
-half way, once, so that the client resumes with a Range request).
+`/{repo}/resolve/{revision}/{path}` with X-Repo-Commit, ETag (sha256 for weight files, a git blob hash
+for small text files, as the Hub does), Content-Length and Range requests; `/api/models/{repo}` (with
+`/revision/{rev}`) and `/api/models/{repo}/tree/{rev}`; and the error headers (X-Error-Code) that
+huggingface_hub turns into RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError and
+GatedRepoError. `faults` breaks one file on purpose: "truncate" (serves the first half, consistently),
+"corrupt" (flips bytes) or "drop" (closes the connection after 3/4 of the file, once, so that the client
+resumes with a Range request).
 
 In-process use: the `local_hub` fixture (conftest.py) points huggingface_hub at the server by patching the
 constants it reads at import (ENDPOINT, HUGGINGFACE_CO_URL_TEMPLATE, cache paths) as well as the
@@ -68,6 +69,7 @@ class LocalHub:
     repos: dict[str, Repo] = field(default_factory=dict)
     faults: dict[tuple[str, str], str] = field(default_factory=dict)  # (repo_id, path) -> truncate|corrupt|drop
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path) of every request
+    ranges: list[str] = field(default_factory=list)  # Range headers of file downloads
 
     def add(self, repo_id: str, files: Path | dict[str, Path], *, revision: str = "main", token: str | None = None):
         repo = self.repos.setdefault(repo_id, Repo({}))
@@ -142,7 +144,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _json(self, data: dict) -> None:
+    def _json(self, data: dict | list) -> None:
         body = json.dumps(data).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -174,7 +176,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.hub.requests.append((self.command, path))
         parts = [urllib.parse.unquote(p) for p in path.strip("/").split("/")]
         if parts[:2] == ["api", "models"] and len(parts) >= 4:
-            return self._api(parts[2] + "/" + parts[3], parts[5] if len(parts) > 5 else "main")
+            return self._api(parts[2] + "/" + parts[3], parts[4:])
         if len(parts) < 5 or parts[2] != "resolve":
             return self._error(404, None, f"no route for {path}")
         repo_id, filename = f"{parts[0]}/{parts[1]}", "/".join(parts[4:])
@@ -187,12 +189,24 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, "EntryNotFound", f"{filename} does not exist", commit)
         self._send_file(repo_id, filename, files[filename], commit, body)
 
-    def _api(self, repo_id: str, revision: str) -> None:
+    def _api(self, repo_id: str, parts: list[str]) -> None:
+        """repo_info (`/api/models/{repo}[/revision/{rev}]`) and the file listing (`.../tree/{rev}`)."""
         repo = self._repo(repo_id)
-        found = repo and self._revision(repo_id, repo, revision)
-        if found:
-            commit, files = found
-            self._json({"id": repo_id, "sha": commit, "siblings": [{"rfilename": f} for f in sorted(files)]})
+        found = repo and self._revision(repo_id, repo, parts[1] if len(parts) > 1 else "main")
+        if not found:
+            return
+        commit, files = found
+        if parts[:1] != ["tree"]:
+            return self._json({"id": repo_id, "sha": commit, "siblings": [{"rfilename": f} for f in sorted(files)]})
+        listing = []
+        for name, local in sorted(files.items()):
+            stat = local.stat()
+            entry = {"type": "file", "path": name, "size": stat.st_size, "oid": commit_hash(name, commit)}
+            if local.suffix in LFS_SUFFIXES:
+                sha256 = etag(local, stat.st_size, stat.st_mtime)
+                entry["lfs"] = {"oid": sha256, "size": stat.st_size, "pointerSize": 134}
+            listing.append(entry)
+        self._json(listing)
 
     def _send_file(self, repo_id: str, filename: str, local: Path, commit: str, body: bool) -> None:
         stat = local.stat()
@@ -214,10 +228,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if not body:
             return
+        if ranged:
+            self.hub.ranges.append(self.headers["Range"])
         stop = end + 1
         if fault == "drop" and not ranged:
             self.hub.faults.pop((repo_id, filename))
-            stop = size // 2
+            stop = size * 3 // 4
         with open(local, "rb") as f:
             f.seek(start)
             pos = start
@@ -249,8 +265,8 @@ TINY_HF = dict(
     prompt_encoder_config=dict(image_size=256),
 )
 VIT_B_HF: dict = {}  # transformers' defaults are SAM ViT-B
-SLIM_HF = dict(  # a SlimSAM-50-like pruned ViT-B: narrower tokens and MLP, same depth and heads
-    vision_config=dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=12, mlp_dim=1536),
+SLIM_HF = dict(  # a SlimSAM-77-like pruned ViT-B: narrower tokens (head_dim 14) and MLP, same depth and heads
+    vision_config=dict(hidden_size=168, num_hidden_layers=12, num_attention_heads=12, mlp_dim=696),
 )
 
 
