@@ -74,7 +74,7 @@ class ImageRef:
     path: str | None = None  # where it can be reread if it leaves the server's image cache
 
 
-@dataclass
+@dataclass(eq=False)
 class AppSession:
     """Per-visitor state; `lock` serialises requests of one page. Never holds the model or the embedding."""
 
