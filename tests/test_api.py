@@ -166,18 +166,23 @@ def test_sources_and_last_image_reuse(model, image, tmp_path):
 
 
 def test_segment_everything_uses_the_generator(model, tiny, image):
-    args = dict(points_per_side=3, pred_iou_thresh=0.0, stability_score_thresh=0.0, crop_n_layers=1)
+    args = dict(points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0, crop_n_layers=1)
     records = SamAutomaticMaskGenerator(tiny, **args).generate(image)
-    r = model(image, points_stride=3, conf_thres=0.0, stability_score_thresh=0.0, crop_n_layers=1)[0]
+    r = model(image, points_stride=2, conf_thres=0.0, stability_score_thresh=0.0, crop_n_layers=1)[0]
     assert len(records) > 0 and len(r) == len(records)
     np.testing.assert_array_equal(r.masks, np.stack([rec["segmentation"] for rec in records]))
     np.testing.assert_allclose(r.scores, [rec["predicted_iou"] for rec in records], rtol=1e-6)
-    # Meta's names work too, and a conf filter drops low scores
-    conf = float(np.median(r.scores))
-    kept = model(image, points_per_side=3, pred_iou_thresh=0.0, stability_score_thresh=0.0, crop_n_layers=1, conf=conf)
-    assert len(kept[0]) == int((r.scores > conf).sum()) < len(r)
     with pytest.raises(ValueError, match="both given"):
         model(image, points_stride=4, points_per_side=4)
+
+
+def test_conf_drops_low_scores(model, image):
+    points = [[[x, y]] for x in range(10, 170, 30) for y in range(10, 120, 40)]
+    everything = model(image, points=points)[0]
+    conf = float(np.median(everything.scores))
+    kept = model(image, points=points, conf=conf)[0]
+    assert 0 < len(kept) == int((everything.scores > conf).sum()) < len(everything)
+    np.testing.assert_array_equal(kept.masks, everything.masks[everything.scores > conf])
 
 
 def test_results(model, image, tmp_path):
@@ -247,7 +252,7 @@ def test_sam_predictor(tiny, image, ref, tmp_path):
         predictor(points=[[[60, 40], [140, 90]]], labels=[[1, 0]]),
         [dict(point_coords=[[60, 40], [140, 90]], point_labels=[1, 0])],
     )
-    everything = predictor(source=image, points_stride=4, conf_thres=0.0, stability_score_thresh=0.0)
+    everything = predictor(source=image, points_stride=2, conf_thres=0.0, stability_score_thresh=0.0)
     assert len(everything[0]) > 0
     predictor.reset_image()
     with pytest.raises(ValueError, match="no image"):
