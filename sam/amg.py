@@ -251,16 +251,27 @@ class LowResMasks:
         lo = self.cols.reduce(self.rows.reduce(logits, 1, False), 2, False)
         return lo, hi
 
-    def _area(self, cells: torch.Tensor) -> torch.Tensor:
-        """KxUxV bools -> K pixel counts (float64)."""
-        return (cells.float() @ self.cols.length.float()).double() @ self.rows.length.double()
+    def levels(self, logits: torch.Tensor, thresholds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Kxhxw logits, T ascending thresholds -> (low, high) KxUxV int32: the number of thresholds each
+        cell lies wholly above, and may lie above. A cell is undecided for thresholds[i] when low <= i < high.
+        """
+        lo, hi = self.bounds(logits)
+        t = thresholds.to(lo.dtype)
+        return torch.bucketize(lo, t + _EPS, out_int32=True), torch.bucketize(hi, t - _EPS, out_int32=True)
+
+    def _area_above(self, level: torch.Tensor, n: int) -> torch.Tensor:
+        """KxUxV levels in 0..n -> Kxn float64: pixels in cells of level > i, for each i."""
+        weight = (self.rows.length[:, None] * self.cols.length[None, :]).flatten().double()
+        hist = torch.zeros(len(level), n + 1, dtype=torch.float64)
+        hist.scatter_add_(1, level.flatten(1).long(), weight.expand(len(level), -1))
+        return hist.flip(1).cumsum(1).flip(1)[:, 1:]
 
     def count_bounds(self, logits: torch.Tensor, thresholds: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """Kxhxw logits -> lower and upper bounds (Kxlen(thresholds), float64) of the pixel counts > t."""
-        lo, hi = self.bounds(logits.float())
-        lower = torch.stack([self._area(lo > t + _EPS) for t in thresholds], 1)
-        upper = torch.stack([self._area(hi > t - _EPS) for t in thresholds], 1)
-        return lower, upper
+        t, order = torch.sort(torch.tensor(thresholds, dtype=torch.float64))
+        low, high = self.levels(logits.float(), t)
+        rank = torch.argsort(order)
+        return self._area_above(low, len(t))[:, rank], self._area_above(high, len(t))[:, rank]
 
     def evaluate(self, logits: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Logits of cells (mask k, row band u, column band v): A x span_rows x span_cols, float64.
@@ -290,10 +301,12 @@ class LowResMasks:
         K bools: the mask was upsampled whole (pass it to `mask` for a mask that matches the box).
         """
         logits = logits.float()
-        lo, hi = self.bounds(logits)
-        undecided = torch.stack([~(lo > t + _EPS) & (hi > t - _EPS) for t in thresholds], -1)  # KxUxVxT
-        dense = self._is_dense(undecided.any(-1))
-        counts = torch.zeros(len(logits), len(thresholds), dtype=torch.int64)
+        t, order = torch.sort(torch.tensor(thresholds, dtype=torch.float64))
+        rank = torch.argsort(order)
+        low, high = self.levels(logits, t)
+        undecided = high > low
+        dense = self._is_dense(undecided)
+        counts = torch.zeros(len(logits), len(t), dtype=torch.int64)
         boxes = torch.zeros(len(logits), 4, dtype=torch.int64)
         for index in torch.nonzero(dense)[:, 0].split(self.dense_chunk):
             full = self.upsample(logits[index])
@@ -302,32 +315,26 @@ class LowResMasks:
             boxes[index] = _boxes(inside.any(1), inside.any(2))
         sparse = torch.nonzero(~dense)[:, 0]
         if len(sparse):
-            sub = self._stats_cells(logits[sparse], lo[sparse], undecided[sparse], thresholds, box_index)
-            counts[sparse], boxes[sparse] = sub
+            sub_counts, boxes[sparse] = self._stats_cells(
+                logits[sparse], low[sparse], high[sparse], t, int(rank[box_index])
+            )
+            counts[sparse] = sub_counts[:, rank]
         return counts, boxes, dense
 
     def _stats_cells(
-        self,
-        logits: torch.Tensor,
-        lo: torch.Tensor,
-        undecided: torch.Tensor,
-        thresholds: tuple[float, ...],
-        box_index: int,
+        self, logits: torch.Tensor, low: torch.Tensor, high: torch.Tensor, t: torch.Tensor, box_index: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Counts (in the order of the ascending thresholds t) and boxes, by cells."""
         big = max(self.size) + 1
-        counts = torch.zeros(len(logits), len(thresholds), dtype=torch.float64)
-        for n, t in enumerate(thresholds):
-            above = lo > t + _EPS
-            counts[:, n] = self._area(above)
-            if n == box_index:
-                y0, y1 = self._extent(above.any(2), self.rows, big)
-                x0, x1 = self._extent(above.any(1), self.cols, big)
-        cells = undecided.any(-1).nonzero()
-        t_vec = torch.tensor(thresholds, dtype=torch.float64)
-        for k, u, v in (c.unbind(1) for c in cells.split(self.chunk)):
+        counts = self._area_above(low, len(t))
+        y0, y1 = self._extent(low.amax(2) > box_index, self.rows, big)
+        x0, x1 = self._extent(low.amax(1) > box_index, self.cols, big)
+        levels = torch.arange(len(t))
+        for k, u, v in (c.unbind(1) for c in (high > low).nonzero().split(self.chunk)):
             rr, cc, valid = self._cell_pixels(u, v)
-            inside = self.evaluate(logits, k, u, v)[..., None] > t_vec  # A x span_r x span_c x T
-            inside &= valid[..., None] & undecided[k, u, v][:, None, None, :]
+            undecided = (low[k, u, v][:, None] <= levels) & (high[k, u, v][:, None] > levels)  # A x T
+            inside = self.evaluate(logits, k, u, v)[..., None] > t  # A x span_r x span_c x T
+            inside &= valid[..., None] & undecided[:, None, None, :]
             counts.index_add_(0, k, inside.flatten(1, 2).sum(1, dtype=torch.float64))
             # Extents of each cell's inside pixels, reduced with elementwise ops over the few rows/columns.
             pos = inside[..., box_index]
@@ -357,9 +364,8 @@ class LowResMasks:
         dense: upsample whole (True) or by cells (False); None decides from this threshold's cells.
         """
         logits = logits.float()[None]
-        lo, hi = self.bounds(logits)
-        above = lo[0] > threshold + _EPS
-        undecided = ~above & (hi[0] > threshold - _EPS)
+        low, high = self.levels(logits, torch.tensor([threshold]))
+        above, undecided = low[0] > 0, (high > low)[0]
         if dense or (dense is None and self._is_dense(undecided[None])[0]):
             return self.upsample(logits)[0] > threshold
         out = above.repeat_interleave(self.rows.length, 0).repeat_interleave(self.cols.length, 1)

@@ -1,0 +1,314 @@
+"""The automatic mask generator: its helpers against Meta's and torchvision's, and the whole pipeline on an
+oracle model that knows the regions of a synthetic image (flat-coloured rectangles).
+
+The oracle (`oracle_sam`) is a Sam whose encoder passes the preprocessed image through and whose decoder
+answers a point with the flat-colour region holding it, at low resolution, as logits +-20, plus two
+variants: the region with a small island and the region with a small hole. A 128x128 image on a 256
+model is enlarged 2x (4x in the 64x64 crops of crop layer 1); at those scales the bilinear upsampling
+of a +-20 low-res region is exactly the region (every pixel inside weighs at least 0.5625 on it), so
+every record can be checked pixel for pixel.
+"""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from segment_anything.utils import amg as meta_amg
+from torch import nn
+
+from sam import masks
+from sam.amg import (
+    LowResMasks,
+    batched_nms,
+    build_all_layer_point_grids,
+    generate_crop_boxes,
+    is_box_near_crop_edge,
+    remove_small_regions,
+)
+from sam.automatic import SamAutomaticMaskGenerator
+from sam.modeling.sam import PIXEL_MEAN, PIXEL_STD, Sam
+from sam.transforms import ResizeLongestSide
+
+# (x0, y0, x1, y1), exclusive ends, on multiples of 8 (grid points are 4 px from any edge); background elsewhere.
+RECTS = [
+    (8, 8, 40, 32),  # inside the top-left crop, more than 20 px from its inner edges
+    (88, 8, 120, 40),  # inside the top-right crop
+    (48, 48, 80, 88),  # across the centre: only the whole image sees it whole
+    (8, 88, 40, 120),  # inside the bottom-left crop
+    (96, 96, 112, 112),  # small, inside the bottom-right crop
+    (112, 48, 128, 80),  # on the right edge, across two crops
+]
+CROPS = [[0, 0, 128, 128], [0, 0, 64, 64], [0, 64, 64, 128], [64, 0, 128, 64], [64, 64, 128, 128]]  # overlap 0
+EXPECTED_CROP = [1, 3, 0, 2, 4, 0]  # the crop each rectangle's record comes from (NMS prefers small crops)
+PALETTE = np.array(
+    [[30, 60, 90], [200, 40, 40], [40, 200, 40], [40, 40, 200], [220, 220, 40], [40, 220, 220], [220, 40, 220]]
+)
+
+
+def region_image() -> tuple[np.ndarray, np.ndarray]:
+    """128x128x3 uint8 image of flat rectangles on a flat background, and its label map (0 = background)."""
+    labels = np.zeros((128, 128), dtype=np.int64)
+    for i, (x0, y0, x1, y1) in enumerate(RECTS):
+        labels[y0:y1, x0:x1] = i + 1
+    return PALETTE[labels].astype(np.uint8), labels
+
+
+class PassThroughEncoder(nn.Module):
+    """The 'embedding' is the preprocessed, padded image itself (1x3xSxS), times a unit weight."""
+
+    def __init__(self, img_size: int) -> None:
+        super().__init__()
+        self.img_size = img_size
+        self.gain = nn.Parameter(torch.ones(()))  # a parameter gives the model its dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gain
+
+
+class PointPassThrough(nn.Module):
+    """Prompt encoder handing the points (BxNx2, model-input pixels) to the decoder unchanged."""
+
+    def forward(self, points, boxes, masks):
+        return points[0], torch.zeros(1)
+
+    def get_dense_pe(self) -> torch.Tensor:
+        return torch.zeros(1)
+
+
+class RegionDecoder(nn.Module):
+    """Low-res logits (S/4) of the flat-colour region holding each point, and two variants.
+
+    Each input pixel takes the nearest palette colour (enlarging blends colours next to edges; the
+    nearest colour puts the edge half-way, where it was); a low-res pixel belongs to the region when
+    most of its 4x4 input pixels do. Masks: the region (IoU 0.95), the region plus a 2x2 island away
+    from it (0.94), the region minus one low-res pixel inside it (0.96).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        palette = (torch.tensor(PALETTE, dtype=torch.float) - torch.tensor(PIXEL_MEAN)) / torch.tensor(PIXEL_STD)
+        self.register_buffer("palette", palette, persistent=False)
+
+    def forward(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, multimask_output):
+        image = image_embeddings[0].float()
+        size = image.shape[-1]
+        low = size // 4
+        nearest = ((image.permute(1, 2, 0)[:, :, None] - self.palette) ** 2).sum(-1).argmin(-1)  # S x S
+        xy = sparse_prompt_embeddings[:, 0].floor().long().clamp(0, size - 1)
+        same = nearest[None] == nearest[xy[:, 1], xy[:, 0]][:, None, None]
+        region = F.avg_pool2d(same.float()[:, None], 4)[:, 0] > 0.5
+        near = F.max_pool2d(region.float()[:, None], 5, stride=1, padding=2)[:, 0] > 0
+        inner = -F.max_pool2d(-region.float()[:, None], 3, stride=1, padding=1)[:, 0] > 0
+        island, hole = torch.zeros_like(region), torch.zeros_like(region)
+        for b in range(len(region)):
+            iy, ix = (xy[b, 1] // 4 + low // 2) % (low - 4) + 1, (xy[b, 0] // 4 + low // 3) % (low - 4) + 1
+            if not near[b, iy - 1 : iy + 3, ix - 1 : ix + 3].any():
+                island[b, iy : iy + 2, ix : ix + 2] = True
+            if inner[b].any():
+                hole.view(len(region), -1)[b, int(inner[b].flatten().int().argmax())] = True
+        logits = torch.stack([region, region | island, region & ~hole], 1).float() * 40 - 20
+        iou = torch.tensor([[0.95, 0.94, 0.96]]).expand(len(region), -1)
+        return logits, iou
+
+
+def oracle_sam(model_cls=Sam, img_size: int = 256) -> nn.Module:
+    """Our Sam (or Meta's, model_cls) built around the region oracle."""
+    return model_cls(
+        image_encoder=PassThroughEncoder(img_size), prompt_encoder=PointPassThrough(), mask_decoder=RegionDecoder()
+    ).eval()
+
+
+def meta_box(x0: int, y0: int, x1: int, y1: int) -> list[int]:
+    """Meta's XYWH bbox of the pixels [x0, x1) x [y0, y1): width and height are last - first."""
+    return [x0, y0, x1 - 1 - x0, y1 - 1 - y0]
+
+
+@pytest.mark.parametrize("crop_n_layers", [0, 1])
+def test_oracle_every_region_exactly_once(crop_n_layers):
+    image, labels = region_image()
+    gen = SamAutomaticMaskGenerator(
+        oracle_sam(), points_per_side=16, crop_n_layers=crop_n_layers, crop_overlap_ratio=0.0, min_mask_region_area=100
+    )
+    records = gen.generate(image)
+    assert len(records) == len(RECTS) + 1
+    by_label = {}
+    for r in records:
+        seg = r["segmentation"]
+        assert seg.shape == (128, 128) and seg.dtype == bool
+        found = np.unique(labels[seg])
+        assert len(found) == 1, "a mask spans several regions"
+        by_label[int(found[0])] = r
+        assert np.array_equal(seg, labels == found[0]), "mask differs from its region"
+        assert r["area"] == int(seg.sum())
+        x, y = r["point_coords"][0]
+        assert labels[int(y), int(x)] == found[0]
+        assert r["stability_score"] == 1.0 and r["predicted_iou"] in (pytest.approx(0.95), pytest.approx(0.96))
+    assert sorted(by_label) == list(range(len(RECTS) + 1))
+    assert by_label[0]["bbox"] == [0, 0, 127, 127] and by_label[0]["crop_box"] == [0, 0, 128, 128]
+    for i, rect in enumerate(RECTS):
+        r = by_label[i + 1]
+        assert r["bbox"] == meta_box(*rect)
+        assert r["area"] == (rect[2] - rect[0]) * (rect[3] - rect[1])
+        crop = CROPS[EXPECTED_CROP[i] if crop_n_layers else 0]
+        assert r["crop_box"] == [crop[0], crop[1], crop[2] - crop[0], crop[3] - crop[1]]
+
+
+def test_oracle_without_postprocessing_keeps_islands_and_holes():
+    image, labels = region_image()
+    records = SamAutomaticMaskGenerator(oracle_sam(), points_per_side=16).generate(image)
+    # Region with a hole (IoU 0.96) wins NMS over the plain region; the island variant's box is larger.
+    holes = [r for r in records if r["predicted_iou"] == pytest.approx(0.96)]
+    assert len(holes) == len(RECTS) + 1
+    for r in holes:
+        label = np.bincount(labels[r["segmentation"]]).argmax()
+        assert 0 < (labels == label).sum() - r["area"] <= 4  # a 2x2 hole
+    islands = [r for r in records if r["predicted_iou"] == pytest.approx(0.94)]
+    assert islands and all(remove_small_regions(r["segmentation"], 100, "islands")[1] for r in islands)
+
+
+@pytest.mark.parametrize("output_mode", ["uncompressed_rle", "coco_rle"])
+def test_output_modes_encode_the_binary_masks(output_mode):
+    image, _ = region_image()
+    binary = SamAutomaticMaskGenerator(oracle_sam(), points_per_side=8).generate(image)
+    encoded = SamAutomaticMaskGenerator(oracle_sam(), points_per_side=8, output_mode=output_mode).generate(image)
+    assert len(binary) == len(encoded) > 0
+    for b, e in zip(binary, encoded):
+        assert e["segmentation"]["size"] == [128, 128]
+        assert np.array_equal(masks.decode_coco_rle(e["segmentation"]), b["segmentation"])
+        assert {k: v for k, v in b.items() if k != "segmentation"} == {
+            k: v for k, v in e.items() if k != "segmentation"
+        }
+    if output_mode == "coco_rle":
+        from pycocotools import mask as coco
+
+        for b, e in zip(binary, encoded):
+            assert isinstance(e["segmentation"]["counts"], str)
+            assert np.array_equal(
+                coco.decode({**e["segmentation"], "counts": e["segmentation"]["counts"].encode()}), b["segmentation"]
+            )
+
+
+def test_given_embedding_and_progress():
+    image, _ = region_image()
+    model = oracle_sam()
+    gen = SamAutomaticMaskGenerator(model, points_per_side=8)
+    gen.predictor.set_image(image)
+    embedding = gen.predictor.embedding
+    calls = []
+    records = gen.generate(image, embedding=embedding, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(64, 64)]
+    assert [r["bbox"] for r in records] == [r["bbox"] for r in gen.generate(image)]
+    with pytest.raises(ValueError, match="embedding"):
+        gen.generate(image[:64], embedding=embedding)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(points_per_side=None), "exactly one"),
+        (dict(point_grids=[np.zeros((4, 2))]), "exactly one"),
+        (dict(output_mode="png"), "output_mode"),
+        (dict(points_per_side=None, point_grids=[np.zeros((4, 2))], crop_n_layers=1), "point_grids"),
+        (dict(points_per_batch=0), "points_per_batch"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SamAutomaticMaskGenerator(oracle_sam(), **kwargs)
+
+
+def test_bad_image():
+    gen = SamAutomaticMaskGenerator(oracle_sam(), points_per_side=4)
+    for bad in (np.zeros((8, 8), np.uint8), np.zeros((8, 8, 3), np.float32), np.zeros((8, 8, 4), np.uint8)):
+        with pytest.raises(ValueError, match="HxWx3 uint8"):
+            gen.generate(bad)
+
+
+def random_boxes(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.randint(0, 60, (n, 2), generator=g)
+    wh = torch.randint(0, 30, (n, 2), generator=g)
+    boxes = torch.cat([xy, xy + wh], 1).float()
+    boxes[: n // 10] = boxes[n // 10 : 2 * (n // 10)]  # exact duplicates
+    return boxes
+
+
+@pytest.mark.parametrize("n", [0, 1, 50, 1500])
+def test_nms_equals_torchvision(n):
+    boxes = random_boxes(n, seed=n)
+    g = torch.Generator().manual_seed(1)
+    scores = torch.randint(0, 5, (n,), generator=g).float()  # many ties
+    for categories in (torch.zeros(n), torch.randint(0, 3, (n,), generator=g)):
+        for thresh in (0.0, 0.3, 0.7):
+            ours = batched_nms(boxes, scores, categories, thresh)
+            ref = torchvision.ops.batched_nms(boxes, scores, categories, thresh)
+            assert set(ours.tolist()) == set(ref.tolist())
+            if n * 4 <= 4000:  # torchvision orders ties by index there (by an unstable sort above)
+                assert ours.tolist() == ref.tolist()
+            assert torch.all(scores[ours][1:] <= scores[ours][:-1])
+
+
+def test_helpers_equal_meta():
+    for size, layers, ratio in [((768, 1024), 2, 512 / 1500), ((300, 200), 1, 0.5), ((256, 256), 1, 0.0)]:
+        assert generate_crop_boxes(size, layers, ratio) == meta_amg.generate_crop_boxes(size, layers, ratio)
+    for grids, ref in zip(build_all_layer_point_grids(32, 2, 2), meta_amg.build_all_layer_point_grids(32, 2, 2)):
+        assert np.array_equal(grids, ref)
+    boxes = random_boxes(200, seed=3).long() * 4
+    for crop in ([0, 0, 256, 256], [100, 50, 300, 250]):
+        ours = is_box_near_crop_edge(boxes, crop, [0, 0, 300, 250])
+        assert torch.equal(ours, meta_amg.is_box_near_crop_edge(boxes, crop, [0, 0, 300, 250]))
+    rng = np.random.default_rng(0)
+    mask = (
+        F.interpolate(torch.as_tensor(rng.normal(size=(1, 1, 12, 16))), (60, 80), mode="bilinear")[0, 0].numpy() > 0.3
+    )
+    for mode in ("holes", "islands"):
+        for area in (5, 50, 5000):
+            ours, changed = remove_small_regions(mask, area, mode)
+            ref, ref_changed = meta_amg.remove_small_regions(mask, area, mode)
+            assert changed == ref_changed and np.array_equal(ours, ref)
+
+
+def smooth_logits(k: int, low: int, seed: int, noise: float = 0.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(k, 1, 4, 4, generator=g) * 10
+    return F.interpolate(coarse, (low, low), mode="bicubic")[:, 0] + noise * torch.randn(k, low, low, generator=g)
+
+
+def meta_postprocess(logits: torch.Tensor, img_size: int, input_size, original_size) -> torch.Tensor:
+    """What Meta's generator thresholds: Sam.postprocess_masks of the low-res logits."""
+    x = F.interpolate(logits[:, None], (img_size, img_size), mode="bilinear", align_corners=False)
+    x = x[..., : input_size[0], : input_size[1]]
+    return F.interpolate(x, original_size, mode="bilinear", align_corners=False)[:, 0]
+
+
+@pytest.mark.parametrize(
+    "img_size, original_size",
+    [(1024, (768, 1024)), (1024, (1500, 2000)), (1024, (300, 200)), (256, (172, 172)), (256, (37, 256))],
+)
+@pytest.mark.parametrize("path", ["cells", "whole"])
+def test_low_res_masks_equal_full_resolution(img_size, original_size, path):
+    """Counts, boxes and masks from LowResMasks equal Meta's full-resolution ones, by cells or upsampled whole."""
+    low = img_size // 4
+    input_size = ResizeLongestSide.get_preprocess_shape(*original_size, img_size)
+    logits = smooth_logits(6, low, seed=sum(original_size), noise=0.1)
+    grid = LowResMasks((low, low), img_size, input_size, original_size)
+    grid.dense_fraction = 1.1 if path == "cells" else -1.0
+    full = meta_postprocess(logits, img_size, input_size, original_size)
+    thresholds = (1.0, -1.0, 0.0)
+    counts, boxes, dense = grid.stats(logits, thresholds, box_index=2)
+    assert dense.tolist() == [path == "whole"] * len(logits)
+    tol = 1e-4  # pixels this close to a threshold may round either way
+    for n, t in enumerate(thresholds):
+        near = ((full - t).abs() < tol).flatten(1).sum(1)
+        assert torch.all((counts[:, n] - (full > t).flatten(1).sum(1)).abs() <= near)
+    ref_stability = meta_amg.calculate_stability_score(full, 0.0, 1.0)
+    assert torch.allclose(counts[:, 0].int() / counts[:, 1].int(), ref_stability, atol=1e-4, equal_nan=True)
+    assert torch.equal(boxes, meta_amg.batched_mask_to_box(full > 0))
+    lower, upper = grid.count_bounds(logits, thresholds)
+    assert torch.all(lower <= counts) and torch.all(counts <= upper)
+    for i in range(len(logits)):
+        mask = grid.mask(logits[i], 0.0, bool(dense[i]))
+        assert mask.shape == original_size
+        assert torch.all((mask == (full[i] > 0)) | ((full[i]).abs() < tol))
+        assert torch.equal(meta_amg.batched_mask_to_box(mask), boxes[i])  # the record's bbox is its mask's
