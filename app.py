@@ -112,13 +112,17 @@ def build_demo(model_name: str, service: Service | None = None) -> gr.Blocks:
 
         with gr.Column(visible=False):  # script API only (see README, "App")
             api_image = gr.Image(type="numpy", label="image")
-            api_points, api_labels, api_box = gr.JSON(label="points"), gr.JSON(label="labels"), gr.JSON(label="box")
+            api_points, api_labels = gr.JSON([], label="points"), gr.JSON([], label="labels")
+            api_box = gr.JSON([], label="box")
             api_multimask = gr.Checkbox(True, label="multimask")
-            api_model = gr.Textbox("", label="model")
+            api_model = gr.Dropdown(choices, value=model_name, label="model")
             api_out = gr.JSON(label="result")
             api_go = gr.Button("segment")
 
-        demo.load(on_load, None, status, show_progress_on=[status], concurrency_id="status", concurrency_limit=None)
+        demo.load(
+            on_load, None, status, show_progress_on=[status], concurrency_id="status", concurrency_limit=None,
+            api_visibility="private",
+        )
         embed = dict(concurrency_id="embed", concurrency_limit=1, show_progress_on=[status], api_visibility="private")
         canvas.image(on_image, [session, model], [canvas, session, status], trigger_mode="multiple", **embed)
         gallery.select(on_example, [session, model], [canvas, session, status], trigger_mode="multiple", **embed)
