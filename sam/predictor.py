@@ -57,7 +57,7 @@ class SamPredictor:
             raise ValueError(f"the long side must be {self.model.img_size}, got {tuple(transformed_image.shape)}")
         self.reset_image()
         x = self.model.preprocess(transformed_image.to(self.device, torch.float32))
-        features = self.model.image_encoder(x)
+        features = self.model.encode(x)
         self.set_embedding(
             ImageEmbedding(
                 features=features,

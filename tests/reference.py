@@ -62,6 +62,10 @@ def random_state_dict(model: torch.nn.Module, seed: int = 0) -> dict[str, torch.
             out[name] = 1.0 + 0.1 * noise if name.endswith("weight") else 0.1 * noise
         elif "rel_pos" in name or "pos_embed" in name:
             out[name] = 0.5 * noise
+        elif "gaussian_matrix" in name:
+            out[name] = noise  # spatial frequencies, as Meta initialises them
+        elif t.ndim == 1:
+            out[name] = 0.02 * noise  # small biases keep masks dependent on the image and prompts
         else:
             fan_in = t[0].numel() if t.ndim > 1 else 1
             out[name] = noise / max(fan_in, 1) ** 0.5

@@ -49,12 +49,19 @@ class ImageEncoderViT(nn.Module):
             LayerNorm2d(out_chans),
         )
 
+    def set_precision(self, dtype: torch.dtype) -> None:
+        """Matrix products (Linear, Conv2d) in dtype; norms, positions and the residual stream stay fp32."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                m.to(dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Bx3xSxS normalised pixels -> Bxout_chansx(S/16)x(S/16) embedding."""
-        x = self.patch_embed(x) + self.pos_embed
+        """Bx3xSxS normalised pixels -> Bxout_chansx(S/16)x(S/16) embedding (fp32)."""
+        dtype = self.patch_embed.proj.weight.dtype
+        x = self.patch_embed(x.to(dtype)).float() + self.pos_embed
         for blk in self.blocks:
             x = blk(x)
-        return self.neck(x.permute(0, 3, 1, 2))
+        return self.neck(x.permute(0, 3, 1, 2).to(dtype)).float()
 
 
 class PatchEmbed(nn.Module):
@@ -84,7 +91,8 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """BxHxWxC -> BxHxWxC."""
         shortcut = x
-        x = self.norm1(x)
+        dtype = self.mlp.lin1.weight.dtype
+        x = self.norm1(x).to(dtype)
         if self.window_size > 0:
             H, W = x.shape[1], x.shape[2]
             x, pad_hw = window_partition(x, self.window_size)
@@ -92,8 +100,8 @@ class Block(nn.Module):
             x = window_unpartition(x, self.window_size, pad_hw, (H, W))
         else:
             x = self.attn(x)
-        x = shortcut + x
-        return x + self.mlp(self.norm2(x))
+        x = shortcut + x  # fp32, whatever dtype the matrix products ran in
+        return x + self.mlp(self.norm2(x).to(dtype))
 
 
 class Attention(nn.Module):

@@ -37,6 +37,29 @@ class Sam(nn.Module):
     def img_size(self) -> int:
         return self.image_encoder.img_size
 
+    @property
+    def encoder_dtype(self) -> torch.dtype:
+        """The dtype of the image encoder's matrix products."""
+        return max((p.dtype for p in self.image_encoder.parameters()), key=lambda d: d != torch.float32)
+
+    @property
+    def precision(self) -> str:
+        """'float32' or 'bfloat16': the precision the image encoder runs in."""
+        return str(self.encoder_dtype).removeprefix("torch.")
+
+    def set_precision(self, dtype: torch.dtype) -> "Sam":
+        """Run the image encoder in dtype; the prompt encoder and mask decoder stay in fp32."""
+        if hasattr(self.image_encoder, "set_precision"):
+            self.image_encoder.set_precision(dtype)
+        else:
+            self.image_encoder.to(dtype)
+        return self
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Bx3xSxS fp32 preprocessed pixels -> BxCxhxw fp32 image embedding."""
+        mixed = hasattr(self.image_encoder, "set_precision")  # takes fp32 input and casts inside
+        return self.image_encoder(x if mixed else x.to(self.encoder_dtype)).float()
+
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Bx3xHxW uint8/float pixels (long side already resized) -> normalised, padded Bx3xSxS."""
         x = (x - self.pixel_mean) / self.pixel_std
