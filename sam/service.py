@@ -36,6 +36,24 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {value!r}") from None
 
 
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run torch ops of the calling thread on n threads, then restore the count.
+
+    With OpenMP the count is per calling thread: decoding on one thread leaves the other core to a
+    concurrent embedding (two 2-thread jobs on 2 cores make a small decode ~10x slower).
+    """
+    before = torch.get_num_threads()
+    if n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class LRU:
     """Thread-safe LRU bounded by entry count and by total bytes (`size_of(value)`)."""
 
@@ -178,6 +196,8 @@ class Service:
         cache_mb: int | None = None,
         image_cache_mb: int | None = None,
         decode_slots: int = 2,
+        decode_threads: int | None = None,
+        embed_threads: int | None = None,
     ) -> None:
         self.models = models or Models(max_models=_env_int("SAM_MAX_MODELS", 2))
         nbytes = lambda e: e.nbytes  # noqa: E731
@@ -191,6 +211,8 @@ class Service:
         )
         self._embed_lock = threading.Lock()  # one embedding at a time, whoever asks (page, API, re-embed)
         self._decode_slots = threading.BoundedSemaphore(decode_slots)
+        self.decode_threads = decode_threads or _env_int("SAM_DECODE_THREADS", 1)
+        self.embed_threads = embed_threads or _env_int("SAM_EMBED_THREADS", torch.get_num_threads())
 
     # images -----------------------------------------------------------------------------------------
     def add_image(self, image: np.ndarray) -> str:
@@ -230,24 +252,32 @@ class Service:
                 return Embedded(key, cached, 0.0, True)
             start = time.perf_counter()
             predictor = SamPredictor(model)
-            predictor.set_image(image)
+            with torch_threads(self.embed_threads):
+                predictor.set_image(image)
             embedding = predictor.embedding
             seconds = time.perf_counter() - start
         self.embeddings.put((model_name, key), embedding)
         return Embedded(key, embedding, seconds, False)
 
     def decoder(self, model_name: str, embedding: ImageEmbedding) -> "Decoder":
-        return Decoder(self.models.get(model_name), embedding, self._decode_slots)
+        return Decoder(self.models.get(model_name), embedding, self._decode_slots, self.decode_threads)
 
 
 class Decoder:
     """Prompts -> masks for one embedded image, with the shared model (a cheap object; no model copy)."""
 
-    def __init__(self, model: Sam, embedding: ImageEmbedding, slots: threading.BoundedSemaphore | None = None):
+    def __init__(
+        self,
+        model: Sam,
+        embedding: ImageEmbedding,
+        slots: threading.BoundedSemaphore | None = None,
+        threads: int | None = None,
+    ) -> None:
         self.model = model
         self.predictor = SamPredictor(model)
         self.predictor.set_embedding(embedding)
         self.slots = slots
+        self.threads = threads or torch.get_num_threads()
 
     @property
     def original_size(self) -> tuple[int, int]:
@@ -274,7 +304,7 @@ class Decoder:
         if mask_input is not None:
             mask_t = torch.as_tensor(mask_input, dtype=torch.float32)[None, None]
         points_arg = (coords.to(p.device), labels_t.to(p.device)) if coords is not None else None
-        with self.slots or contextlib.nullcontext():
+        with self.slots or contextlib.nullcontext(), torch_threads(self.threads):
             low_res, scores = p.decode(points_arg, box_t, mask_t, multimask)
         return low_res[0].float().cpu().numpy(), scores[0].float().cpu().numpy()
 
@@ -286,7 +316,8 @@ class Decoder:
         """
         p = self.predictor
         x = torch.as_tensor(low_res, dtype=torch.float32)[None]
-        masks = self.model.postprocess_masks(x, p.input_size, size or p.original_size)
+        with torch_threads(self.threads):
+            masks = self.model.postprocess_masks(x, p.input_size, size or p.original_size)
         return (masks[0] > self.model.mask_threshold).numpy()
 
 

@@ -17,7 +17,7 @@ from pycocotools import mask as mask_utils
 
 from sam import SamPredictor
 from sam.masks import mask_to_box
-from sam.service import read_image
+from sam.service import read_image, torch_threads
 from sam.weights import load_model
 from tests.browser import REPO, app_on_hub
 
@@ -57,7 +57,8 @@ def test_only_the_script_endpoints_are_public(client):
 def test_segment_points_and_labels(client, predictor):
     points, labels = [[300, 200], [450, 100]], [1, 0]
     out = client.predict(image=handle_file(str(COFFEE)), points=points, labels=labels, api_name="/segment")
-    masks, scores, _ = predictor.predict(np.array(points), np.array(labels))
+    with torch_threads(1):  # as the app decodes
+        masks, scores, _ = predictor.predict(np.array(points), np.array(labels))
     order = np.argsort(-scores, kind="stable")
     assert out["size"] == [400, 600] and out["model"] == "sam-vit-base"
     assert out["scores"] == pytest.approx(scores[order].tolist(), abs=1e-5)
@@ -69,7 +70,8 @@ def test_segment_points_and_labels(client, predictor):
 def test_segment_box_single_mask(client, predictor):
     box = [150, 50, 500, 380]
     out = client.predict(image=handle_file(str(COFFEE)), box=box, multimask=False, api_name="/segment")
-    masks, scores, _ = predictor.predict(box=np.array(box), multimask_output=False)
+    with torch_threads(1):
+        masks, scores, _ = predictor.predict(box=np.array(box), multimask_output=False)
     assert len(out["masks"]) == 1 and out["scores"][0] == pytest.approx(float(scores[0]), abs=1e-5)
     np.testing.assert_array_equal(decode(out["masks"][0]), masks[0])
 

@@ -16,7 +16,7 @@ from PIL import Image
 from playwright.sync_api import sync_playwright
 
 from sam import SamPredictor
-from sam.service import read_image
+from sam.service import read_image, torch_threads
 from sam.weights import load_model
 from tests.browser import (
     CANVAS,
@@ -74,13 +74,14 @@ class Expected:
         boxes = [p["coords"] for p in prompts if p["kind"] == "box"]
         if multimask is None:
             multimask = len(prompts) == 1 and prompts[0]["kind"] == "point"
-        return self.predictor.predict(
-            np.array(points) if points else None,
-            np.array(labels) if labels else None,
-            np.array(boxes[-1]) if boxes else None,
-            mask_input=mask_input,
-            multimask_output=multimask,
-        )
+        with torch_threads(1):  # as the app decodes (SAM_DECODE_THREADS), so that masks compare exactly
+            return self.predictor.predict(
+                np.array(points) if points else None,
+                np.array(labels) if labels else None,
+                np.array(boxes[-1]) if boxes else None,
+                mask_input=mask_input,
+                multimask_output=multimask,
+            )
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from sam.build import build_sam
 from sam.canvas import CanvasServer, display_size, mask_data_url
 from sam.hub import WeightsError
 from sam.masks import decode_coco_rle
-from sam.service import LRU, Decoder, Models, Service, image_key, read_image, segment
+from sam.service import LRU, Decoder, Models, Service, image_key, read_image, segment, torch_threads
 from tests.reference import TINY, random_state_dict
 
 
@@ -50,7 +50,9 @@ def loader():
 
 @pytest.fixture
 def service(loader):
-    return Service(Models(loader), cache_items=4, cache_mb=64, image_cache_mb=64)
+    # Decoding on as many threads as the predictor below, so that results compare bit for bit.
+    threads = torch.get_num_threads()
+    return Service(Models(loader), cache_items=4, cache_mb=64, image_cache_mb=64, decode_threads=threads)
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +169,22 @@ def test_decoder_matches_meta_predictor_api(service, image):
     low3, scores3 = dec.decode(pts[:1], labels[:1], None, low[0], False)
     np.testing.assert_array_equal(dec.masks(low3), masks)
     np.testing.assert_array_equal(scores3, scores)
+
+
+def test_decoding_on_one_thread(loader, image):
+    service = Service(Models(loader), decode_threads=1)
+    before = torch.get_num_threads()
+    dec = service.decoder("m0", service.embed("m0", service.add_image(image)).embedding)
+    low, scores = dec.decode(np.array([[50.0, 60.0]]), np.array([1]), None, None, True)
+    assert torch.get_num_threads() == before  # the calling thread's count is restored
+    _, expected_scores, expected_low = predictor_for(service.models.get("m0"), image).predict(
+        np.array([[50.0, 60.0]]), np.array([1])
+    )
+    np.testing.assert_allclose(low, expected_low, rtol=1e-4, atol=1e-5)  # summation order differs
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-4, atol=1e-5)
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
 
 
 def test_segment_for_scripts(service, image):

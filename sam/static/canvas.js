@@ -10,7 +10,7 @@ const ctx = overlay.getContext('2d');
 const CANDIDATE = '#1e90ff';
 const HOVER = '#ffd400';
 const DRAG_PX = 6; // pointer travel that turns a click into a box
-const HOVER_MS = 50; // resting time before a hover preview is asked for
+const HOVER_MS = 30; // resting time before a hover preview is asked for
 const TIMEOUT_MS = 120000;
 
 const S = {
@@ -208,11 +208,11 @@ async function apply(req, res) {
     if (req.hid !== S.hoverId) return;
     S.hover = { ...hover, x: req.x, y: req.y };
     draw();
-    record('hover', req.t0);
+    record('hover', req.t0, res);
     return;
   }
   await applyState(res);
-  record(req.type, req.t0);
+  record(req.type, req.t0, res);
   if (req.type === 'add' && !res.error) q('.sam-name').value = '';
 }
 
@@ -232,9 +232,9 @@ async function applyState(v) {
   draw();
 }
 
-function record(type, t0) {
+function record(type, t0, res) {
   if (!t0) return;
-  S.timings.push({ type, ms: performance.now() - t0 });
+  S.timings.push({ type, ms: performance.now() - t0, server_ms: res.ms });
   if (S.timings.length > 1000) S.timings.shift();
 }
 

@@ -1,0 +1,116 @@
+"""Click -> mask drawn, and hover -> preview drawn, measured inside the page (performance.now()).
+
+Starts `python app.py` (sam-vit-base by default, served with random weights of the real size by a
+loopback Hub, or --url for an app already running), opens it in headless Chromium, uploads an image and
+times clicks and hover moves from the input event to the end of drawing the answer on the canvas:
+
+- click: from the pointer release to the candidate masks drawn (server decode, PNG masks, transfer,
+  PNG decoding and drawing in the page). Clicks come in groups of three on one object (the first gives
+  three candidates, the next two refine with one mask), then the object is cleared (not timed).
+- hover: from the last pointer move (the page waits 30 ms of rest before asking) to the preview drawn.
+
+python benchmarks/bench_app_click.py [--clicks 50] [--hovers 50] [--image examples/coffee.jpg] [--url URL]
+"""
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.browser import (  # noqa: E402  (the loopback Hub and app launcher the tests use)
+    DEBUG,
+    act,
+    app_on_hub,
+    image_to_page,
+    launch_chromium,
+    open_app,
+    upload,
+)
+from tests.hub import Checkpoints  # noqa: E402
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    v = np.asarray(values, dtype=float)
+    return {"n": len(v), "p50": float(np.percentile(v, 50)), "p95": float(np.percentile(v, 95)), "max": float(v.max())}
+
+
+def run(url: str, image: Path, clicks: int, hovers: int) -> dict:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        page = open_app(browser, url)
+        start = time.perf_counter()
+        upload(page, image, timeout_ms=600_000)
+        upload_s = time.perf_counter() - start
+        status = page.inner_text("#sam-status")
+        w, h = page.evaluate(f"[{DEBUG}.state().width, {DEBUG}.state().height]")
+        rng = np.random.default_rng(0)
+        for i in range(clicks):
+            if i and i % 3 == 0:
+                act(page, "clear", lambda: page.click(".sam-clear"))
+            x, y = image_to_page(page, rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h)
+            act(page, "point", lambda x=x, y=y: page.mouse.click(x, y))
+        for _ in range(hovers):
+            x, y = image_to_page(page, rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h)
+            act(page, "hover", lambda x=x, y=y: page.mouse.move(x, y, steps=2))
+        timings = page.evaluate(f"{DEBUG}.timings()")
+        assert page.errors == [], page.errors
+        browser.close()
+    out = {"status": status, "image": f"{image.name} ({w}x{h})", "upload_and_embed_s": round(upload_s, 2)}
+    for kind in ("point", "hover"):
+        rows = [t for t in timings if t["type"] == kind]
+        out[kind] = {
+            "page_ms": percentiles([t["ms"] for t in rows]),
+            "server_ms": percentiles([t["server_ms"] for t in rows]),
+        }
+    firsts = [t["ms"] for t in [t for t in timings if t["type"] == "point"][::3]]
+    out["point"]["first_click_page_ms"] = percentiles(firsts)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clicks", type=int, default=50)
+    parser.add_argument("--hovers", type=int, default=50)
+    parser.add_argument("--image", type=Path, default=REPO / "examples" / "coffee.jpg")
+    parser.add_argument("--url", help="an app already running (default: start one on a loopback Hub)")
+    parser.add_argument("--cache", type=Path, help="folder for the random checkpoints (default: a temporary one)")
+    args = parser.parse_args()
+    with ExitStack() as stack:
+        url = args.url
+        if url is None:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-app-")))
+            root = args.cache or tmp / "checkpoints"
+            root.mkdir(parents=True, exist_ok=True)
+            checkpoints = Checkpoints(root)
+            vit_b = checkpoints.transformers("vit_b", 0)  # full size, random weights
+            url = stack.enter_context(
+                app_on_hub(checkpoints, tmp, ["--model", "sam-vit-base"], overrides={"facebook/sam-vit-base": vit_b})
+            )
+        result = run(url, args.image.resolve(), args.clicks, args.hovers)
+    result["machine"] = f"{platform.processor() or platform.machine()}, {_cores()} cores"
+    print(json.dumps(result, indent=1))
+    for kind in ("point", "hover"):
+        page, server = result[kind]["page_ms"], result[kind]["server_ms"]
+        print(f"{kind}: page p50 {page['p50']:.0f} ms, p95 {page['p95']:.0f} ms (n={page['n']}); "
+              f"server p50 {server['p50']:.0f} ms, p95 {server['p95']:.0f} ms")
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+if __name__ == "__main__":
+    main()
