@@ -1,11 +1,14 @@
 """MobileSAM's image encoder: a TinyViT (conv stage, then windowed-attention stages) with SAM's neck.
 
 Parameter names follow mobile_sam's `TinyViT` exactly, so MobileSAM checkpoints load strictly; the
-classifier (`norm_head`, `head`) is kept for that reason only and never runs. At inference the
-BatchNorms are folded into their convolutions on the fly, window attention runs through
-`scaled_dot_product_attention` with TinyViT's bias table as the mask, and the transformer stages
-keep their activations as BxHxWxC so that the depthwise convolutions see channels-last tensors
-without copies.
+classifier (`norm_head`, `head`) is kept for that reason only and never runs. Inference only:
+BatchNorms use their running statistics, folded into the convolution weights on the fly.
+
+Layout: after the patch embedding every activation is BxHxWxC (channels last), so 1x1 convolutions
+are plain matrix products and the 3x3 depthwise convolutions get channels-last views without copies.
+The wide 1x1 -> depthwise -> 1x1 stacks run in bands of rows so that their 4x wider hidden
+activations stay small (cache-resident, reused by the allocator); window attention runs through
+`scaled_dot_product_attention` with TinyViT's attention-bias table as its mask.
 """
 
 import itertools
@@ -17,28 +20,59 @@ import torch.nn.functional as F
 from .common import LayerNorm2d
 from .image_encoder import window_partition, window_unpartition
 
+gelu_ = torch.ops.aten.gelu_  # in place: the activations here are large
+BAND_BYTES = 4 << 20  # size of the hidden activations computed at a time in the conv stacks
+
 
 class Conv2d_BN(nn.Module):  # noqa: N801 (mobile_sam's name)
-    """A bias-free Conv2d followed by BatchNorm2d (keys `c.*`, `bn.*`)."""
+    """A bias-free Conv2d followed by BatchNorm2d (keys `c.*`, `bn.*`), evaluated as one convolution."""
 
     def __init__(self, in_chans: int, out_chans: int, kernel_size: int = 1, stride: int = 1, groups: int = 1) -> None:
         super().__init__()
         self.c = nn.Conv2d(in_chans, out_chans, kernel_size, stride, kernel_size // 2, groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(out_chans)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            return self.bn(self.c(x))
-        # eval: y = scale * conv(x) + shift == conv(x, scale * w) + shift, computed in fp32
-        bn = self.bn
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight, bias) of the convolution equal to conv then BatchNorm, computed in fp32."""
+        bn, w = self.bn, self.c.weight
         scale = bn.weight.float() * torch.rsqrt(bn.running_var.float() + bn.eps)
-        weight = (self.c.weight.float() * scale[:, None, None, None]).to(self.c.weight.dtype)
-        bias = (bn.bias.float() - bn.running_mean.float() * scale).to(self.c.weight.dtype)
+        bias = bn.bias.float() - bn.running_mean.float() * scale
+        return (w.float() * scale[:, None, None, None]).to(w.dtype), bias.to(w.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """BxCxHxW (any memory format) -> BxC'xH'xW'."""
+        weight, bias = self.folded()
         return F.conv2d(x, weight, bias, self.c.stride, self.c.padding, groups=self.c.groups)
+
+    def linear(self, x: torch.Tensor) -> torch.Tensor:
+        """The 1x1 convolution on channels-last input: ...xC -> ...xC'."""
+        weight, bias = self.folded()
+        return F.linear(x, weight.flatten(1), bias)
+
+
+def conv_stack(x: torch.Tensor, conv1: Conv2d_BN, conv2: Conv2d_BN, conv3: Conv2d_BN) -> torch.Tensor:
+    """conv3(gelu(conv2(gelu(conv1(x))))) for 1x1, 3x3 (stride 1 or 2), 1x1: BxHxWxC -> BxH'xW'xC'.
+
+    Computed in bands of output rows; each band reads its input rows plus one row of context.
+    """
+    B, H, W, _ = x.shape
+    s = conv2.c.stride[0]
+    H2, W2 = (H - 1) // s + 1, (W - 1) // s + 1
+    out = x.new_empty(B, H2, W2, conv3.c.out_channels)
+    rows = max(1, BAND_BYTES // (B * W * conv1.c.out_channels * x.element_size() * s))
+    for o0 in range(0, H2, rows):
+        o1 = min(o0 + rows, H2)
+        # input rows [a, b) hold every 3x3 neighbourhood of output rows [o0, o1); a is a multiple of s so
+        # that the band's own output row j sits at output row a / s + j; rows outside [a, b) are zero padding
+        a, b = max(o0 * s - s, 0), min((o1 - 1) * s + 2, H)
+        y = gelu_(conv1.linear(x[:, a:b]))
+        y = gelu_(conv2(y.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+        out[:, o0:o1] = conv3.linear(y[:, o0 - a // s : o1 - a // s])
+    return out
 
 
 class PatchEmbed(nn.Module):
-    """Two stride-2 3x3 convolutions: Bx3xSxS -> BxCx(S/4)x(S/4)."""
+    """Two stride-2 3x3 convolutions: Bx3xSxS -> Bx(S/4)x(S/4)xC."""
 
     def __init__(self, in_chans: int, embed_dim: int) -> None:
         super().__init__()
@@ -47,11 +81,13 @@ class PatchEmbed(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.seq(x)
+        conv1, _, conv2 = self.seq
+        x = gelu_(conv1(x.contiguous(memory_format=torch.channels_last)))
+        return conv2(x).permute(0, 2, 3, 1)
 
 
 class MBConv(nn.Module):
-    """Inverted residual: 1x1 expand, 3x3 depthwise, 1x1 project, GELU after the residual sum. BxCxHxW."""
+    """Inverted residual: 1x1 expand, 3x3 depthwise, 1x1 project, GELU after the residual sum. BxHxWxC."""
 
     def __init__(self, dim: int, expand_ratio: float) -> None:
         super().__init__()
@@ -61,13 +97,11 @@ class MBConv(nn.Module):
         self.conv3 = Conv2d_BN(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.gelu(self.conv1(x))
-        y = F.gelu(self.conv2(y))
-        return F.gelu(self.conv3(y) + x)
+        return gelu_(conv_stack(x, self.conv1, self.conv2, self.conv3).add_(x))
 
 
 class PatchMerging(nn.Module):
-    """1x1 conv, 3x3 depthwise conv with stride, 1x1 conv: BxCxHxW -> BxH'xW'xC' (channels last)."""
+    """1x1 conv, 3x3 depthwise conv with stride, 1x1 conv: BxHxWxC -> BxH'xW'xC'."""
 
     def __init__(self, dim: int, out_dim: int, stride: int) -> None:
         super().__init__()
@@ -76,13 +110,11 @@ class PatchMerging(nn.Module):
         self.conv3 = Conv2d_BN(out_dim, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.gelu(self.conv1(x))
-        x = F.gelu(self.conv2(x))
-        return self.conv3(x).permute(0, 2, 3, 1)
+        return conv_stack(x, self.conv1, self.conv2, self.conv3)
 
 
 class ConvLayer(nn.Module):
-    """Stage 0: MBConv blocks, then a PatchMerging. BxCxHxW -> BxH'xW'xC'."""
+    """Stage 0: MBConv blocks, then a PatchMerging. BxHxWxC -> BxH'xW'xC'."""
 
     def __init__(self, dim: int, depth: int, expand_ratio: float, downsample: PatchMerging) -> None:
         super().__init__()
@@ -116,7 +148,7 @@ class Attention(nn.Module):
         B, N, C = x.shape
         # per head the qkv features are laid out [q, k, v] (mobile_sam's order)
         qkv = self.qkv(self.norm(x)).view(B, N, self.num_heads, 3, C // self.num_heads).permute(3, 0, 2, 1, 4)
-        bias = self.attention_biases[:, self.attention_bias_idxs].to(qkv.dtype)
+        bias = self.attention_biases[:, self.attention_bias_idxs].to(qkv.dtype)[None]  # 4-D: the fused kernel
         x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=bias)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
@@ -129,7 +161,7 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(self.norm(x))))
+        return self.fc2(gelu_(self.fc1(self.norm(x))))
 
 
 class TinyViTBlock(nn.Module):
@@ -145,12 +177,14 @@ class TinyViTBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
         ws = self.window_size
-        # Padding happens before attn.norm, as in mobile_sam: padded tokens are keys and values too.
         windows, pad_hw = window_partition(x, ws)
-        attn = self.attn(windows.view(-1, ws * ws, C)).view(-1, ws, ws, C)
-        x = x + window_unpartition(attn, ws, pad_hw, (H, W))
-        x = self.local_conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return x + self.mlp(x)
+        attn = self.attn(windows.reshape(-1, ws * ws, C)).view(-1, ws, ws, C)
+        y = x + window_unpartition(attn, ws, pad_hw, (H, W))
+        x = self.local_conv(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        rows = max(1, BAND_BYTES // (self.mlp.fc1.out_features * W * x.element_size()))
+        for band in x.split(rows, dim=1):  # bands of rows keep the MLP's hidden activations small
+            band += self.mlp(band)
+        return x
 
 
 class BasicLayer(nn.Module):
@@ -172,9 +206,7 @@ class BasicLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for blk in self.blocks:
             x = blk(x)
-        if self.downsample is not None:
-            x = self.downsample(x.permute(0, 3, 1, 2))
-        return x
+        return x if self.downsample is None else self.downsample(x)
 
 
 class TinyViT(nn.Module):
@@ -217,4 +249,9 @@ class TinyViT(nn.Module):
         x = self.patch_embed(x)
         for layer in self.layers:
             x = layer(x)
-        return self.neck(x.permute(0, 3, 1, 2)).contiguous()
+        # the neck's modules run on channels-last x: the 1x1 conv as a matrix product, LayerNorm2d as layer_norm
+        conv1, norm1, conv2, norm2 = self.neck
+        x = F.layer_norm(F.linear(x, conv1.weight.flatten(1)), norm1.weight.shape, norm1.weight, norm1.bias, norm1.eps)
+        x = conv2(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        x = F.layer_norm(x, norm2.weight.shape, norm2.weight, norm2.bias, norm2.eps)
+        return x.permute(0, 3, 1, 2).contiguous()
