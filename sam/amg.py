@@ -291,7 +291,7 @@ class LowResMasks:
 
     def _is_dense(self, undecided: torch.Tensor) -> torch.Tensor:
         """KxUxV undecided cells -> K bools: upsample the mask whole rather than cell by cell."""
-        return undecided.flatten(1).sum(1) > self.dense_fraction * undecided[0].numel()
+        return undecided.flatten(1).sum(1) > self.dense_fraction * undecided.shape[1] * undecided.shape[2]
 
     def stats(
         self, logits: torch.Tensor, thresholds: tuple[float, ...], box_index: int

@@ -312,3 +312,99 @@ def test_low_res_masks_equal_full_resolution(img_size, original_size, path):
         assert mask.shape == original_size
         assert torch.all((mask == (full[i] > 0)) | ((full[i]).abs() < tol))
         assert torch.equal(meta_amg.batched_mask_to_box(mask), boxes[i])  # the record's bbox is its mask's
+
+
+def test_low_res_masks_of_no_masks():
+    grid = LowResMasks((64, 64), 256, (192, 256), (96, 128))
+    counts, boxes, dense = grid.stats(torch.zeros(0, 64, 64), (1.0, -1.0, 0.0), box_index=2)
+    assert counts.shape == (0, 3) and boxes.shape == (0, 4) and dense.shape == (0,)
+    lower, upper = grid.count_bounds(torch.zeros(0, 64, 64), (1.0, -1.0))
+    assert lower.shape == upper.shape == (0, 2)
+
+
+def run_cli(*args: str, cwd):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run(
+        [sys.executable, "-m", "sam", "everything", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_cli_png_and_coco(tmp_path):
+    import csv
+    import json
+
+    from PIL import Image
+
+    from tests.reference import test_image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(test_image(48, 64)).save(images / "scene.png")
+    (images / "broken.jpg").write_bytes(b"not an image")
+    settings = [
+        "--model",
+        "random:tiny_vit",
+        "--points-per-side",
+        "2",
+        "--pred-iou-thresh",
+        "0",
+        "--stability-score-thresh",
+        "0",
+    ]
+    done = run_cli(str(images), "--output", "out", *settings, cwd=tmp_path)
+    assert done.returncode == 4, done.stderr  # one image could not be read; the other is done
+    assert "warning: cannot read image" in done.stderr and "error: 1 of 2 images" in done.stderr
+    folder = tmp_path / "out" / "scene"
+    rows = list(csv.DictReader((folder / "metadata.csv").open()))
+    assert rows and list(rows[0])[:6] == ["id", "area", "bbox_x0", "bbox_y0", "bbox_w", "bbox_h"]
+    assert sorted(p.name for p in folder.glob("*.png")) == sorted(f"{r['id']}.png" for r in rows)
+    for r in rows:
+        mask = np.asarray(Image.open(folder / f"{r['id']}.png")) > 0
+        assert mask.shape == (48, 64) and int(mask.sum()) == int(r["area"])
+    assert f"{len(rows)} masks" in done.stdout
+
+    again = run_cli(str(images / "scene.png"), "--output", "out", *settings, cwd=tmp_path)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    coco = run_cli(str(images / "scene.png"), "--output", "out", "--format", "coco", *settings, cwd=tmp_path)
+    assert coco.returncode == 0, coco.stderr
+    records = json.loads((tmp_path / "out" / "scene.json").read_text())  # another random model: other masks
+    assert records and set(records[0]) == {
+        "segmentation",
+        "area",
+        "bbox",
+        "predicted_iou",
+        "point_coords",
+        "stability_score",
+        "crop_box",
+    }
+    for record in records:
+        mask = masks.decode_coco_rle(record["segmentation"])
+        assert mask.shape == (48, 64) and masks.area(mask) == record["area"]
+
+
+def test_cli_errors(tmp_path, capsys):
+    from sam.cli import main
+
+    def run(*args: str) -> tuple[int, str]:
+        code = main(["everything", *args])
+        return code, capsys.readouterr().err
+
+    code, err = run(str(tmp_path / "nothing"), "--output", str(tmp_path / "out"))
+    assert code == 4 and err.startswith("error: no such file")
+    (tmp_path / "a.png").write_bytes(b"")
+    code, err = run(str(tmp_path / "a.png"), "--output", str(tmp_path / "out"), "--model", "random:nope")
+    assert code == 3 and err.startswith("error: cannot load model 'random:nope'")
+    with pytest.raises(SystemExit) as exit_info:
+        run(str(tmp_path / "a.png"), "--output", str(tmp_path / "out"), "--points-per-side", "0")
+    assert exit_info.value.code == 2
+    assert "--points-per-side: expected an integer >= 1, got '0'" in capsys.readouterr().err
