@@ -265,8 +265,9 @@ TINY_HF = dict(
     prompt_encoder_config=dict(image_size=256),
 )
 VIT_B_HF: dict = {}  # transformers' defaults are SAM ViT-B
-SLIM_HF = dict(  # a SlimSAM-77-like pruned ViT-B: narrower tokens (head_dim 14) and MLP, same depth and heads
-    vision_config=dict(hidden_size=168, num_hidden_layers=12, num_attention_heads=12, mlp_dim=696),
+SLIM_HF = dict(  # SlimSAM-50-like: a pruned ViT-B, narrower tokens and MLP; 512 px input keeps the test fast
+    vision_config=dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=12, mlp_dim=1536, image_size=512),
+    prompt_encoder_config=dict(image_size=512),
 )
 
 

@@ -10,6 +10,11 @@ objects, points); ours are (objects, points, 2) and (objects, points). Label -1 
 the padding point both add when there is no box) means the same in both. transformers' -10 label pads
 ragged point lists with a zero token that still takes part in attention; Meta's model has no such
 label, so it is not compared here.
+
+One known difference in transformers' port: its two-way transformer's LayerNorms use eps 1e-6 (from
+mask_decoder_config.layer_norm_eps) where Meta's use PyTorch's default 1e-5. The weights are the same and
+this package follows Meta, so the test gives transformers' decoder Meta's eps (otherwise the logits differ
+by about 1e-4 relative on these weights; `test_transformers_decoder_eps_is_the_only_difference`).
 """
 
 import pytest
@@ -45,7 +50,7 @@ def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def compare(local_hub, checkpoints, size: str, repo_id: str) -> dict[str, float]:
+def compare(local_hub, checkpoints, size: str, repo_id: str, meta_eps: bool = True) -> dict[str, float]:
     """Largest relative error of each output, over all CASES."""
     from transformers import SamModel
 
@@ -53,6 +58,10 @@ def compare(local_hub, checkpoints, size: str, repo_id: str) -> dict[str, float]
     local_hub.add(repo_id, folder)
     ours = load_model(repo_id)
     hf = SamModel.from_pretrained(folder).eval()
+    if meta_eps:
+        for module in hf.mask_decoder.transformer.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.eps = 1e-5
 
     predictor = SamPredictor(ours)
     image = test_image(480, 640)
@@ -87,10 +96,18 @@ def test_tiny_config(local_hub, checkpoints):
     assert max(errors.values()) < RTOL, errors
 
 
+def test_transformers_decoder_eps_is_the_only_difference(local_hub, checkpoints):
+    errors = compare(local_hub, checkpoints, "tiny", "facebook/sam-vit-base", meta_eps=False)
+    assert errors["embedding"] < RTOL and 1e-5 < errors["logits"] < 1e-2, errors
+
+
 @pytest.mark.slow
 def test_slimsam_like_config(local_hub, checkpoints):
-    """A pruned ViT-B as SlimSAM publishes it: widths (168 tokens, 696 MLP) read from config.json."""
-    errors = compare(local_hub, checkpoints, "slim", "Zigeng/SlimSAM-uniform-77")
+    """A pruned ViT-B as SlimSAM publishes it: widths (384 tokens, 1536 MLP) read from config.json.
+
+    At 512 px the 32x32 token grid is not a multiple of the 14-token windows: padding is exercised too.
+    """
+    errors = compare(local_hub, checkpoints, "slim", "Zigeng/SlimSAM-uniform-50")
     assert max(errors.values()) < RTOL, errors
 
 
