@@ -68,21 +68,41 @@ class MaskDecoder(nn.Module):
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         output_tokens = output_tokens.unsqueeze(0).expand(B, -1, -1)
         tokens = torch.cat((output_tokens, sparse_prompt_embeddings.to(output_tokens.dtype)), dim=1)
-        # Broadcasting replaces Meta's repeat_interleave of the embedding, one copy fewer per prompt.
+        if dense_prompt_embeddings.stride(0) == 0:  # the same no-mask embedding for every prompt
+            dense_prompt_embeddings = dense_prompt_embeddings[:1]
+        # The image side keeps batch 1 until the first image-to-token attention makes it per prompt,
+        # where Meta repeats the embedding for every prompt up front.
         src = image_embeddings + dense_prompt_embeddings
-        src = src.expand(B, -1, -1, -1)
-        b, c, h, w = src.shape
-        hs, src = self.transformer(src, image_pe.expand(B, -1, -1, -1), tokens)
+        _, c, h, w = src.shape
+        hs, src = self.transformer(src, image_pe, tokens)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : (1 + self.num_mask_tokens), :]
 
-        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+        upscaled = self.upscale(src.reshape(-1, h, w, c))  # B x 4h x 4w x c/8
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
-        b, c, h, w = upscaled.shape
-        masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
+        masks = (hyper_in @ upscaled.flatten(1, 2).transpose(1, 2)).view(B, -1, 4 * h, 4 * w)
         return masks, self.iou_prediction_head(iou_token_out)
+
+    def upscale(self, x: torch.Tensor) -> torch.Tensor:
+        """output_upscaling on channels-last input: BxHxWxC -> Bx4Hx4WxC/8.
+
+        A 2x2 transposed convolution with stride 2 is one matrix product per pixel followed by a pixel
+        shuffle; written so, it runs several times faster on CPUs than the convolution kernel.
+        """
+        conv1, norm, act1, conv2, act2 = self.output_upscaling
+        x = act1(F.layer_norm(conv_transpose_2x2(x, conv1), (x.shape[-1] // 4,), norm.weight, norm.bias, norm.eps))
+        return act2(conv_transpose_2x2(x, conv2))
+
+
+def conv_transpose_2x2(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
+    """ConvTranspose2d(kernel_size=2, stride=2) on channels-last input: BxHxWxCin -> Bx2Hx2WxCout."""
+    B, H, W, _ = x.shape
+    cout = conv.weight.shape[1]
+    y = x @ conv.weight.flatten(1)  # B x H x W x (cout*2*2), weight is cin x cout x 2 x 2
+    y = y.view(B, H, W, cout, 2, 2).permute(0, 1, 4, 2, 5, 3).reshape(B, 2 * H, 2 * W, cout)
+    return y + conv.bias
 
 
 class MLP(nn.Module):

@@ -34,7 +34,10 @@ class TwoWayTransformer(nn.Module):
     def forward(
         self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """image_embedding, image_pe: BxCxhxw; point_embedding: BxNxC -> (BxNxC tokens, Bx(hw)xC image)."""
+        """image_embedding: BxCxhxw or 1xCxhxw (shared by all prompts); image_pe: 1xCxhxw; point_embedding: BxNxC.
+
+        Returns (BxNxC tokens, Bx(hw)xC image).
+        """
         keys = image_embedding.flatten(2).transpose(1, 2)
         key_pe = image_pe.flatten(2).transpose(1, 2)
         queries = point_embedding
@@ -110,6 +113,7 @@ class Attention(nn.Module):
         q = self._separate_heads(self.q_proj(q))
         k = self._separate_heads(self.k_proj(k))
         v = self._separate_heads(self.v_proj(v))
-        out = F.scaled_dot_product_attention(q, k, v)
+        b = max(q.shape[0], k.shape[0])  # one side may be shared by every prompt (batch 1)
+        out = F.scaled_dot_product_attention(q.expand(b, -1, -1, -1), k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1))
         b, h, n, c = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
