@@ -22,6 +22,7 @@ from torch.overrides import TorchFunctionMode
 from .build import CONFIGS, SamConfig, TinyViTConfig, ViTConfig, build_sam
 from .hub import WeightsError, download
 from .modeling.sam import Sam
+from .precision import resolve_dtype
 
 __all__ = ["KNOWN_MODELS", "KnownModel", "WeightsError", "load_model", "resolve"]
 
@@ -376,17 +377,25 @@ def resolve(source: str) -> tuple[str, tuple[str, ...]]:
 
 
 def load_model(
-    source: str, *, device: str | torch.device = "cpu", revision: str | None = None, force_download: bool = False
+    source: str,
+    *,
+    device: str | torch.device = "cpu",
+    revision: str | None = None,
+    force_download: bool = False,
+    dtype: str | torch.dtype = "float32",
 ) -> Sam:
     """Load a SAM model in eval mode; `model.weights_source` says where its weights came from.
 
     source: a name in KNOWN_MODELS, a local file or folder, a Hub repo id (`owner/name`, transformers
     layout), a file in a Hub repo (`owner/name/path/in/repo.pth`) or `random:<known name or config name>`.
-    revision: branch, tag or commit of Hub downloads. Raises WeightsError with a message for people.
+    revision: branch, tag or commit of Hub downloads. dtype: precision of the image encoder, 'float32'
+    (exact parity with the reference code), 'bfloat16', or 'auto' (bf16 where the processor runs it fast;
+    see sam.precision). Raises WeightsError with a message for people.
     """
     source = str(source).strip()
+    dtype = resolve_dtype(dtype, device)
     if source.startswith("random:"):
-        return _random(source.removeprefix("random:")).to(device)
+        return _random(source.removeprefix("random:")).to(device).set_precision(dtype)
     local = Path(source).expanduser()
     if local.is_dir():
         model = _from_folder(local, str(local))
@@ -403,4 +412,4 @@ def load_model(
         else:
             model = model_from_state_dict(read_state_dict(paths[0]), None, label)
     logger.info("Loaded %s", model.weights_source)
-    return model.to(device)
+    return model.to(device).set_precision(dtype)

@@ -85,3 +85,15 @@ def test_resolve_dtype():
     assert resolve_dtype("auto") == (torch.bfloat16 if bf16_is_fast() else torch.float32)
     with pytest.raises(ValueError, match="'auto', 'float32' or 'bfloat16'"):
         resolve_dtype("float16")
+
+
+def test_load_model_takes_a_dtype():
+    from sam.weights import load_model
+
+    assert load_model("random:vit_b", dtype="float32").precision == "float32"
+    model = load_model("random:vit_b", dtype="bfloat16")
+    assert model.precision == "bfloat16"
+    assert model.image_encoder.blocks[0].attn.qkv.weight.dtype == torch.bfloat16
+    assert model.image_encoder.pos_embed.dtype == torch.float32  # positions and norms stay fp32
+    with pytest.raises(ValueError, match="unknown dtype"):
+        load_model("random:vit_b", dtype="half")
