@@ -1,11 +1,30 @@
 """Segment Anything (SAM ViT-B/L/H, MobileSAM, SlimSAM) in compact PyTorch."""
 
-from .annotate import auto_annotate  # noqa: F401
-from .api import SAM, SAMPredictor  # noqa: F401
+from .annotate import auto_annotate
+from .api import SAM, SAMPredictor
+from .automatic import SamAutomaticMaskGenerator
 from .build import CONFIGS, SamConfig, TinyViTConfig, ViTConfig, build_sam
-from .export import ExportObject, build_zip  # noqa: F401
+from .export import ExportObject, build_zip
 from .predictor import ImageEmbedding, SamPredictor
-from .results import Results  # noqa: F401
-from .weights import KNOWN_MODELS, WeightsError, load_model  # noqa: F401
+from .results import Results
+from .weights import KNOWN_MODELS, WeightsError, load_model
 
-__all__ = ["CONFIGS", "ImageEmbedding", "SamConfig", "SamPredictor", "TinyViTConfig", "ViTConfig", "build_sam"]
+__all__ = [
+    "CONFIGS",
+    "KNOWN_MODELS",
+    "SAM",
+    "SAMPredictor",
+    "ExportObject",
+    "ImageEmbedding",
+    "Results",
+    "SamAutomaticMaskGenerator",
+    "SamConfig",
+    "SamPredictor",
+    "TinyViTConfig",
+    "ViTConfig",
+    "WeightsError",
+    "auto_annotate",
+    "build_sam",
+    "build_zip",
+    "load_model",
+]
