@@ -6,6 +6,7 @@ upsampling of low-resolution logits to the image, evaluated only where a thresho
 """
 
 import math
+from collections.abc import Iterator
 from functools import reduce
 from itertools import product
 
@@ -171,6 +172,7 @@ class _Axis:
         new_band[1:] = (first[1:] != first[:-1]) | (last[1:] != last[:-1])
         self.start = torch.nonzero(new_band)[:, 0]
         self.length = torch.diff(self.start, append=torch.tensor([out]))
+        self.band = torch.repeat_interleave(torch.arange(len(self.start)), self.length)  # band of each pixel
         first, last = first[self.start], last[self.start]
         j = torch.arange(int((last - first).max()) + 1)
         i = torch.arange(int(self.length.max()))
@@ -243,6 +245,8 @@ class LowResMasks:
         """Kxhxw -> KxHxW logits, as `Sam.postprocess_masks`."""
         x = F.interpolate(logits[:, None], (self.img_size, self.img_size), mode="bilinear", align_corners=False)
         x = x[..., : self.input_size[0], : self.input_size[1]]
+        if tuple(x.shape[-2:]) == self.size:  # resizing to the same size copies every value exactly
+            return x[:, 0]
         return F.interpolate(x, self.size, mode="bilinear", align_corners=False)[:, 0]
 
     def bounds(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -310,7 +314,7 @@ class LowResMasks:
         boxes = torch.zeros(len(logits), 4, dtype=torch.int64)
         for index in torch.nonzero(dense)[:, 0].split(self.dense_chunk):
             full = self.upsample(logits[index])
-            counts[index] = torch.stack([(full > t).flatten(1).sum(1) for t in thresholds], 1)
+            counts[index] = torch.stack([(full > t).sum((1, 2), dtype=torch.int32) for t in thresholds], 1).long()
             inside = full > thresholds[box_index]
             boxes[index] = _boxes(inside.any(1), inside.any(2))
         sparse = torch.nonzero(~dense)[:, 0]
@@ -358,23 +362,28 @@ class LowResMasks:
         last = torch.where(bands_in, axis.start + axis.length - 1, -1).amax(1)
         return first, last
 
-    def mask(self, logits: torch.Tensor, threshold: float, dense: bool | None = None) -> torch.Tensor:
-        """hxw logits -> HxW bool, the pixels whose upsampled logit is > threshold.
+    def masks(self, logits: torch.Tensor, threshold: float, dense: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Kxhxw logits -> K HxW bool masks, one at a time: the pixels whose upsampled logit is > threshold.
 
-        dense: upsample whole (True) or by cells (False); None decides from this threshold's cells.
+        dense: K bools from `stats`, upsample the mask whole (as stats did), else by cells.
         """
-        logits = logits.float()[None]
+        logits = logits.float()
         low, high = self.levels(logits, torch.tensor([threshold]))
-        above, undecided = low[0] > 0, (high > low)[0]
-        if dense or (dense is None and self._is_dense(undecided[None])[0]):
-            return self.upsample(logits)[0] > threshold
-        out = above.repeat_interleave(self.rows.length, 0).repeat_interleave(self.cols.length, 1)
-        for u, v in (c.unbind(1) for c in undecided.nonzero().split(self.chunk)):
-            values = self.evaluate(logits, torch.zeros_like(u), u, v)
-            rr, cc, valid = self._cell_pixels(u, v)
-            rr, cc = torch.broadcast_tensors(rr, cc)
-            out[rr[valid], cc[valid]] = values[valid] > threshold
-        return out
+        for i in range(len(logits)):
+            if dense[i]:
+                yield self.upsample(logits[i : i + 1])[0] > threshold
+                continue
+            above, undecided = low[i] > 0, high[i] > low[i]
+            if not high[i].any():  # no pixel can be above the threshold
+                yield torch.zeros(self.size, dtype=torch.bool)
+                continue
+            out = above.index_select(0, self.rows.band).index_select(1, self.cols.band)
+            for u, v in (c.unbind(1) for c in undecided.nonzero().split(self.chunk)):
+                values = self.evaluate(logits, torch.full_like(u, i), u, v)
+                rr, cc, valid = self._cell_pixels(u, v)
+                rr, cc = torch.broadcast_tensors(rr, cc)
+                out[rr[valid], cc[valid]] = values[valid] > threshold
+            yield out
 
 
 def _boxes(cols_in: torch.Tensor, rows_in: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ logits (`LowResMasks` gives the exact full-resolution counts and boxes from them
 only along the mask contours), and only the masks that are returned are upsampled.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -220,16 +220,28 @@ class SamAutomaticMaskGenerator:
             self._grids[key] = LowResMasks(*key)
         return self._grids[key]
 
+    def _masks(self, data: Candidates, grids: list) -> Iterator[np.ndarray]:
+        """The candidates' masks at their crop's size, one at a time, in order (runs of one crop batched)."""
+        t = self.predictor.model.mask_threshold
+        crops = data["crop"].tolist()
+        start = 0
+        while start < len(crops):
+            end = start + 1
+            while end < len(crops) and crops[end] == crops[start]:
+                end += 1
+            run = slice(start, end)
+            for mask in grids[crops[start]].masks(data["logits"][run], t, data["dense"][run]):
+                yield mask.numpy()
+            start = end
+
     def _records(
         self, data: Candidates, crop_boxes: list[list[int]], grids: list, orig_size: tuple[int, int]
     ) -> list[dict]:
         """Upsample the surviving masks one at a time, remove small regions, encode, write records."""
         h, w = orig_size
-        t = self.predictor.model.mask_threshold
         segmentations, areas, boxes, changed = [], [], data["boxes"].tolist(), []
-        for i, (logits, crop, dense) in enumerate(zip(data["logits"], data["crop"].tolist(), data["dense"].tolist())):
-            x0, y0, x1, y1 = crop_boxes[crop]
-            mask = grids[crop].mask(logits, t, dense).numpy()
+        for i, mask in enumerate(self._masks(data, grids)):
+            x0, y0, x1, y1 = crop_boxes[int(data["crop"][i])]
             if (x0, y0, x1, y1) != (0, 0, w, h):
                 full = np.zeros((h, w), dtype=bool)
                 full[y0:y1, x0:x1] = mask

@@ -307,8 +307,7 @@ def test_low_res_masks_equal_full_resolution(img_size, original_size, path):
     assert torch.equal(boxes, meta_amg.batched_mask_to_box(full > 0))
     lower, upper = grid.count_bounds(logits, thresholds)
     assert torch.all(lower <= counts) and torch.all(counts <= upper)
-    for i in range(len(logits)):
-        mask = grid.mask(logits[i], 0.0, bool(dense[i]))
+    for i, mask in enumerate(grid.masks(logits, 0.0, dense)):
         assert mask.shape == original_size
         assert torch.all((mask == (full[i] > 0)) | ((full[i]).abs() < tol))
         assert torch.equal(meta_amg.batched_mask_to_box(mask), boxes[i])  # the record's bbox is its mask's
