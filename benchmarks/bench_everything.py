@@ -1,0 +1,126 @@
+"""Segment everything: segment-anything's SamAutomaticMaskGenerator against ours, same weights, same image.
+
+ViT-B with random weights (the same in both), a 1024x768 image, a 32x32 point grid, fp32. The image
+embedding is computed once and handed to both generators, so the times are the generator's own work
+(decoder, thresholds, NMS, masks). Prints a markdown table: median times, the ratio, the record count of
+each and how many records are identical (bbox, area and mask). Meta's generator takes minutes on a
+2-core CPU: --meta-runs 1 is the default, and its single time is reported as its median.
+
+    python benchmarks/bench_everything.py                  # default thresholds
+    python benchmarks/bench_everything.py --thresholds zero --runs 1
+"""
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from segment_anything import SamAutomaticMaskGenerator as MetaGenerator  # noqa: E402
+
+from sam.automatic import SamAutomaticMaskGenerator  # noqa: E402
+from sam.build import CONFIGS  # noqa: E402
+from sam.predictor import ImageEmbedding  # noqa: E402
+from tests.reference import test_image, twin_models  # noqa: E402
+
+THRESHOLDS = {
+    "default": dict(pred_iou_thresh=0.88, stability_score_thresh=0.95),
+    "zero": dict(pred_iou_thresh=0.0, stability_score_thresh=0.0),
+}
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def timed(fn) -> tuple[float, object]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def give_meta_the_embedding(generator: MetaGenerator, features: torch.Tensor, image: np.ndarray) -> None:
+    """Meta's generator embeds each crop with predictor.set_image; hand it the precomputed features instead."""
+    predictor = generator.predictor
+
+    def set_image(crop: np.ndarray, image_format: str = "RGB") -> None:
+        assert crop.shape == image.shape, "only the whole-image crop has a precomputed embedding"
+        predictor.reset_image()
+        predictor.original_size = crop.shape[:2]
+        predictor.input_size = tuple(predictor.transform.get_preprocess_shape(*crop.shape[:2], 1024))
+        predictor.features = features
+        predictor.is_image_set = True
+
+    predictor.set_image = set_image
+
+
+def identical(a: dict, b: dict) -> bool:
+    return a["bbox"] == b["bbox"] and a["area"] == b["area"] and np.array_equal(a["segmentation"], b["segmentation"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--thresholds", choices=("default", "zero", "both"), default="default")
+    parser.add_argument("--runs", type=int, default=3, help="runs of ours (median)")
+    parser.add_argument("--meta-runs", type=int, default=1, help="runs of segment-anything's generator (median)")
+    parser.add_argument("--points-per-side", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    torch.manual_seed(args.seed)
+    ref_model, our_model = twin_models(CONFIGS["vit_b"], seed=args.seed)
+    image = test_image(768, 1024, seed=args.seed)
+    load_before = os.getloadavg()
+    start = time.perf_counter()
+    with torch.no_grad():
+        x = our_model.preprocess(torch.as_tensor(image).permute(2, 0, 1)[None].float())
+        features = our_model.image_encoder(x)
+    embed_s = time.perf_counter() - start
+    embedding = ImageEmbedding(features, (768, 1024), (768, 1024))
+
+    rows = []
+    for name in ("default", "zero") if args.thresholds == "both" else (args.thresholds,):
+        settings = dict(points_per_side=args.points_per_side, **THRESHOLDS[name])
+        meta = MetaGenerator(ref_model, **settings)
+        give_meta_the_embedding(meta, features, image)
+        ours = SamAutomaticMaskGenerator(our_model, **settings)
+        meta_times, our_times = [], []
+        for _ in range(args.meta_runs):
+            t, ref_records = timed(lambda g=meta: g.generate(image))
+            meta_times.append(t)
+            print(f"[{name}] segment-anything: {t:.1f} s, {len(ref_records)} records", file=sys.stderr, flush=True)
+        for _ in range(args.runs):
+            t, our_records = timed(lambda g=ours: g.generate(image, embedding=embedding))
+            our_times.append(t)
+            print(f"[{name}] ours: {t:.1f} s, {len(our_records)} records", file=sys.stderr, flush=True)
+        same = sum(any(identical(a, b) for b in ref_records) for a in our_records)
+        m, o = statistics.median(meta_times), statistics.median(our_times)
+        rows.append((name, m, len(meta_times), o, len(our_times), m / o, len(ref_records), len(our_records), same))
+
+    print(
+        f"\nSegment everything, ViT-B (random weights, same in both), 1024x768, {args.points_per_side}x"
+        f"{args.points_per_side} grid, fp32, embedding excluded (computed once: {embed_s:.1f} s)."
+    )
+    print(
+        f"CPU: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after (a shared machine).\n"
+    )
+    print("| thresholds | segment-anything | ours | speed-up | records (segment-anything / ours / identical) |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, m, mn, o, on, ratio, nr, no, same in rows:
+        times = f"{m:.1f} s (median of {mn}) | {o:.2f} s (median of {on})"
+        print(f"| {name} | {times} | {ratio:.1f}x | {nr} / {no} / {same} |")
+
+
+if __name__ == "__main__":
+    main()
