@@ -7,6 +7,8 @@ and caches).
 """
 
 import argparse
+import functools
+import json
 import logging
 import os
 import tempfile
@@ -19,12 +21,15 @@ import numpy as np
 
 from sam.app_session import AppSession, SessionRegistry
 from sam.canvas import CanvasServer, SamCanvas, model_error
-from sam.service import DEFAULT_MODEL, Service, read_image, segment
+from sam.service import DEFAULT_MODEL, Models, Service, everything, everything_json, load, read_image, segment
 from sam.weights import KNOWN_MODELS
 
 EXAMPLES = sorted((Path(__file__).parent / "examples").glob("*.jpg"))
 SESSION_TTL_S = 3600
 MAX_SESSIONS = int(os.environ.get("SAM_MAX_SESSIONS", "500"))
+MAX_MODELS = int(os.environ.get("SAM_MAX_MODELS", "2"))
+# Settings of "Everything" (sam.automatic.SamAutomaticMaskGenerator), e.g. '{"points_per_side": 16}'.
+EVERYTHING_ENV = "SAM_EVERYTHING"
 
 
 def model_choices(default: str) -> list[str]:
@@ -37,6 +42,7 @@ def build_demo(model_name: str, service: Service | None = None) -> gr.Blocks:
     registry = SessionRegistry()
     canvas_server = CanvasServer(service, registry)
     choices = model_choices(model_name)
+    everything_args = generator_settings(os.environ.get(EVERYTHING_ENV, ""))
 
     def expire(session: AppSession | None) -> None:
         if isinstance(session, AppSession):
@@ -72,6 +78,30 @@ def build_demo(model_name: str, service: Service | None = None) -> gr.Blocks:
         except Exception as e:
             return {"error": error_text(e)}, status_for(name, e)
 
+    def on_everything(session, name, progress=gr.Progress()):  # noqa: B008
+        def report(done: int, total: int) -> None:
+            progress(done / max(total, 1), desc="Segmenting everything")
+
+        try:
+            return canvas_server.everything(session, report, **everything_args)
+        except Exception as e:
+            return {"error": error_text(e)}
+
+    def everything_api(image, points_per_side, pred_iou_thresh, stability_score_thresh, model) -> dict[str, Any]:
+        """Every object in an image (Meta's automatic mask generator) -> {"size", "masks" (COCO RLE), "scores",
+        "stability", "bbox" (XYWH), "areas", "points"}, best predicted IoU first."""
+        model, image = api_inputs(model, image)
+        try:
+            key = service.add_image(image)
+            args = dict(points_per_side=int(points_per_side), pred_iou_thresh=float(pred_iou_thresh),
+                        stability_score_thresh=float(stability_score_thresh))
+            if not 1 <= args["points_per_side"] <= 64:
+                raise ValueError("points_per_side must be between 1 and 64")
+            records = everything(service, model, key, **args)
+        except ValueError as e:
+            raise gr.Error(str(e)) from None
+        return everything_json(records, model)
+
     def on_export(session):
         try:
             return str(canvas_server.export(session, tempfile.mkdtemp(prefix="sam-export-")))
@@ -81,16 +111,20 @@ def build_demo(model_name: str, service: Service | None = None) -> gr.Blocks:
     def status_for(name: str, error: Exception) -> str:
         return canvas_server.status(name) if isinstance(error, ValueError) else model_error(name, error)
 
-    def segment_api(image, points, labels, box, multimask, model) -> dict[str, Any]:
-        """Masks for one object: image, points [[x, y], ...], labels [1|0, ...], box [x0, y0, x1, y1] ->
-        {"size", "masks" (COCO RLE), "scores", "boxes", "model", "weights"}."""
+    def api_inputs(model: str | None, image) -> tuple[str, np.ndarray]:
         model = model or model_name
         if model not in choices:
             raise gr.Error(f"model must be one of {', '.join(choices)}")
         if image is None:
             raise gr.Error("no image given")
+        return model, np.asarray(image, dtype=np.uint8)
+
+    def segment_api(image, points, labels, box, multimask, model) -> dict[str, Any]:
+        """Masks for one object: image, points [[x, y], ...], labels [1|0, ...], box [x0, y0, x1, y1] ->
+        {"size", "masks" (COCO RLE), "scores", "boxes", "model", "weights"}."""
+        model, image = api_inputs(model, image)
         try:
-            return segment(service, model, np.asarray(image, dtype=np.uint8), points, labels, box, bool(multimask))
+            return segment(service, model, image, points, labels, box, bool(multimask))
         except ValueError as e:
             raise gr.Error(str(e)) from None
 
@@ -107,8 +141,9 @@ def build_demo(model_name: str, service: Service | None = None) -> gr.Blocks:
         )
         with gr.Row():
             export = gr.Button("Export objects (zip)", elem_id="sam-export", scale=0, min_width=200)
-            zip_file = gr.File(label="Masks, cut-outs, COCO and YOLO labels", elem_id="sam-zip", interactive=False)
-        # An "Everything" button (segment everything, sam.automatic) belongs here.
+            zip_file = gr.File(
+                label="Masks, cut-outs, COCO and YOLO labels", elem_id="sam-zip", interactive=False, height=90
+            )
 
         with gr.Column(visible=False):  # script API only (see README, "App")
             api_image = gr.Image(type="numpy", label="image")
@@ -118,6 +153,11 @@ def build_demo(model_name: str, service: Service | None = None) -> gr.Blocks:
             api_model = gr.Dropdown(choices, value=model_name, label="model")
             api_out = gr.JSON(label="result")
             api_go = gr.Button("segment")
+            api_points_per_side = gr.Number(32, precision=0, label="points_per_side")
+            api_iou = gr.Number(0.88, label="pred_iou_thresh")
+            api_stability = gr.Number(0.95, label="stability_score_thresh")
+            api_all = gr.JSON(label="result")
+            api_everything = gr.Button("everything")
 
         demo.load(
             on_load, None, status, show_progress_on=[status], concurrency_id="status", concurrency_limit=None,
@@ -127,6 +167,7 @@ def build_demo(model_name: str, service: Service | None = None) -> gr.Blocks:
         canvas.image(on_image, [session, model], [canvas, session, status], trigger_mode="multiple", **embed)
         gallery.select(on_example, [session, model], [canvas, session, status], trigger_mode="multiple", **embed)
         model.change(on_model, [session, model], [canvas, status], trigger_mode="always_last", **embed)
+        canvas.everything(on_everything, [session, model], canvas, trigger_mode="once", **embed)
         export.click(
             on_export, session, zip_file, concurrency_id="export", concurrency_limit=2, api_visibility="private"
         )
@@ -138,7 +179,33 @@ def build_demo(model_name: str, service: Service | None = None) -> gr.Blocks:
             concurrency_id="api",
             concurrency_limit=1,
         )
+        api_everything.click(
+            everything_api,
+            [api_image, api_points_per_side, api_iou, api_stability, api_model],
+            api_all,
+            api_name="everything",
+            concurrency_id="api",
+            concurrency_limit=1,
+        )
     return demo
+
+
+def generator_settings(text: str) -> dict[str, Any]:
+    """SAM_EVERYTHING's JSON object of SamAutomaticMaskGenerator keyword arguments (checked at startup)."""
+    import inspect
+
+    from sam.automatic import SamAutomaticMaskGenerator
+
+    if not text.strip():
+        return {}
+    try:
+        args = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"{EVERYTHING_ENV} must be a JSON object: {e}") from None
+    allowed = set(inspect.signature(SamAutomaticMaskGenerator).parameters) - {"model", "output_mode", "point_grids"}
+    if not isinstance(args, dict) or not set(args) <= allowed:
+        raise SystemExit(f"{EVERYTHING_ENV} must be a JSON object with keys among {', '.join(sorted(allowed))}")
+    return args
 
 
 def upload_path(path: Any) -> str:
@@ -165,9 +232,15 @@ def main(argv: list[str] | None = None) -> None:
         help=f"known name ({', '.join(model_choices(DEFAULT_MODEL))}), Hub repo id, local file or folder, "
         f"or random:NAME; default: $SAM_MODEL or {DEFAULT_MODEL}",
     )
+    parser.add_argument(
+        "--precision",
+        default=os.environ.get("SAM_PRECISION") or "float32",
+        choices=["float32", "bfloat16", "auto"],
+        help="image encoder precision; auto: bfloat16 where the CPU runs it fast (default: $SAM_PRECISION or float32)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    service = Service()
+    service = Service(Models(functools.partial(load, precision=args.precision), max_models=MAX_MODELS))
     # Load the model while the server starts, so the first visitor does not wait for it; errors are
     # shown in the page's status line (the model is tried again there).
     threading.Thread(target=lambda: _try(service, args.model), daemon=True).start()

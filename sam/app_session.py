@@ -28,6 +28,7 @@ from .masks import area, decode_coco_rle, encode_coco_rle, mask_to_box
 MAX_PROMPTS = 64  # per object
 MAX_OBJECTS = 64  # per image
 MAX_NAME = 40
+MAX_EVERYTHING = 255  # masks kept from "segment everything" (they fit one 8-bit label image)
 COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#9a6324", "#469990")
 
 
@@ -86,6 +87,7 @@ class AppSession:
     selected: int = 0
     objects: list[SessionObject] = field(default_factory=list)
     objects_version: int = 0
+    everything: list[SessionObject] = field(default_factory=list)  # masks from "segment everything"
     token: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
     touched: float = field(default_factory=time.monotonic)
@@ -96,6 +98,7 @@ class AppSession:
         self.image, self.model_name = image, model_name
         self.clear()
         self.objects = []
+        self.everything = []
         self.objects_version += 1
 
     def require_image(self) -> ImageRef:
@@ -202,6 +205,26 @@ class AppSession:
         self.clear()
         return obj
 
+    def set_everything(self, masks: list[tuple[np.ndarray, float]]) -> None:
+        """Masks from "segment everything" (HxW bool, predicted IoU), best first; at most MAX_EVERYTHING."""
+        self.everything = [
+            SessionObject("", "", encode_coco_rle(m), float(score), area(m), mask_to_box(m))
+            for m, score in masks[:MAX_EVERYTHING]
+        ]
+
+    def pick(self, index: int, name: str = "") -> SessionObject:
+        """Everything mask `index` becomes an object."""
+        if not 0 <= index < len(self.everything):
+            raise ValueError(f"no mask {index} from segment everything")
+        if len(self.objects) >= MAX_OBJECTS:
+            raise ValueError(f"at most {MAX_OBJECTS} objects per image")
+        source, n = self.everything[index], len(self.objects)
+        obj = SessionObject(clean_name(name) or f"object {n + 1}", COLORS[n % len(COLORS)], source.rle, source.score,
+                            source.area, source.box)
+        self.objects.append(obj)
+        self.objects_version += 1
+        return obj
+
     def delete_object(self, index: int) -> None:
         if not 0 <= index < len(self.objects):
             raise ValueError(f"no object {index}")
@@ -212,6 +235,7 @@ class AppSession:
         """Drop the arrays (called when the session expires)."""
         self.clear()
         self.objects = []
+        self.everything = []
         self.image = None
 
 
@@ -223,7 +247,7 @@ def clean_name(name: Any) -> str:
 
 # Untrusted input from the page -----------------------------------------------------------------------------
 
-ACTIONS = ("point", "box", "undo", "clear", "choose", "add", "delete", "hover")
+ACTIONS = ("point", "box", "undo", "clear", "choose", "add", "delete", "hover", "pick")
 
 
 @dataclass(frozen=True)
@@ -278,7 +302,7 @@ def parse_action(data: Any, image: ImageRef | None) -> Action:
         if x1 - x0 < 1 or y1 - y0 < 1:
             raise ValueError("the box is empty")
         return Action(kind, box=(x0, y0, x1, y1))
-    if kind in ("choose", "delete"):
+    if kind in ("choose", "delete", "pick"):
         return Action(kind, index=_index(data, "index"))
     if kind == "add":
         name = data.get("name", "")

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from .app_session import AppSession, ImageRef, SessionRegistry, parse_action
-from .service import Decoder, Embedded, Service, model_info
+from .service import Decoder, Embedded, Service, everything, model_info
 
 logger = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -35,6 +35,8 @@ HTML_TEMPLATE = """
     <label class="sam-check"><input type="checkbox" class="sam-hover-toggle" checked> Hover preview</label>
     <button type="button" class="sam-undo" title="Ctrl+Z">Undo</button>
     <button type="button" class="sam-clear">Clear</button>
+    <button type="button" class="sam-everything" title="Segment everything, then click a mask to make it an object">
+      Everything</button>
   </div>
   <div class="sam-stage">
     <div class="sam-frame"><img class="sam-img" alt="image to segment"><canvas class="sam-overlay"></canvas></div>
@@ -64,6 +66,33 @@ def mask_data_url(mask: np.ndarray) -> str:
     mask = np.asarray(mask, dtype=bool)
     h, w = mask.shape
     im = Image.frombytes("1", (w, h), np.packbits(mask, axis=1).tobytes())
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", transparency=0, compress_level=1)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def palette(n: int) -> list[tuple[int, int, int]]:
+    """n distinct, bright colours (golden-ratio hues), none of them black."""
+    import colorsys
+
+    out = []
+    for i in range(n):
+        r, g, b = colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.55 + 0.35 * (i % 3) / 2, 0.95 - 0.25 * (i % 2))
+        out.append((max(1, round(r * 255)), round(g * 255), round(b * 255)))
+    return out
+
+
+def label_data_url(masks: list[np.ndarray], colors: list[tuple[int, int, int]]) -> str:
+    """Masks (HxW bool, at most 255) -> an 8-bit palette PNG data URL: pixel value i + 1 where mask i is
+    (smaller masks drawn over larger ones), colour i + 1 from `colors`, value 0 transparent."""
+    if len(masks) > 255:
+        raise ValueError("at most 255 masks fit an 8-bit label image")
+    labels = np.zeros(masks[0].shape if masks else (1, 1), dtype=np.uint8)
+    for i in sorted(range(len(masks)), key=lambda i: -int(masks[i].sum())):
+        labels[masks[i]] = i + 1
+    im = Image.fromarray(labels, mode="P")
+    flat = [0, 0, 0] + [c for rgb in colors for c in rgb]
+    im.putpalette(flat + [0] * (768 - len(flat)))
     buf = io.BytesIO()
     im.save(buf, format="PNG", transparency=0, compress_level=1)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
@@ -141,6 +170,9 @@ class CanvasServer:
         if kind == "delete":
             session.delete_object(action.index)
             return self.view(session, None, data)
+        if kind == "pick":
+            obj = session.pick(action.index)
+            return {**self.view(session, None, data), "message": f"Added {obj.name}."}
         decoder = self.decoder(session)
         if kind == "hover":
             low_res, score = session.preview(decoder, action.x, action.y)
@@ -178,9 +210,7 @@ class CanvasServer:
         size = display_size(session.image.height, session.image.width)
         out = []
         for obj in session.objects:
-            mask = obj.mask()
-            if mask.shape != size:
-                mask = np.asarray(Image.fromarray(mask).resize(size[::-1], Image.Resampling.NEAREST))
+            mask = _resize(obj.mask(), size)
             out.append(
                 {"name": obj.name, "color": obj.color, "score": round(obj.score, 4), "area": obj.area,
                  "png": mask_data_url(mask)}
@@ -243,6 +273,30 @@ class CanvasServer:
         path.write_bytes(build_zip(image, objects, ref.name))
         return path
 
+    def everything(self, session: AppSession | None, progress=None, **generator_args) -> dict[str, Any]:
+        """Segment everything in the session's image -> the view with an "everything" label image."""
+        from .masks import rle_to_mask
+
+        if not isinstance(session, AppSession) or session.image is None:
+            raise ValueError("upload an image first")
+        with session.lock:
+            ref = session.image
+            records = everything(self.service, session.model_name, ref.key, ref.path, progress, **generator_args)
+            masks = [(rle_to_mask(r["segmentation"]), r["predicted_iou"]) for r in records]
+            session.set_everything(masks)
+            size = display_size(ref.height, ref.width)
+            shown = [_resize(m, size) for m, _ in masks[: len(session.everything)]]
+            colors = palette(len(shown))
+            view = self.view(session, None)
+        view.update(token=session.token, image={"key": ref.key, "width": ref.width, "height": ref.height})
+        view["everything"] = {
+            "png": label_data_url(shown, colors) if shown else None,
+            "colors": ["#{:02x}{:02x}{:02x}".format(*c) for c in colors],
+            "scores": [round(o.score, 4) for o in session.everything],
+        }
+        view["message"] = f"{len(shown)} masks: click one to make it an object." if shown else "No masks found."
+        return view
+
     def status(self, model_name: str, embedded: Embedded | None = None) -> str:
         """The status line: model, weights, precision, embedding time; or what is wrong and how to fix it."""
         try:
@@ -258,6 +312,13 @@ class CanvasServer:
         if info["random"]:
             line = "⚠️ RANDOM WEIGHTS (masks are meaningless; for tests and development) · " + line
         return line
+
+
+def _resize(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """HxW bool -> (h, w) bool, nearest neighbour (masks shown at the display size)."""
+    if mask.shape == size:
+        return mask
+    return np.asarray(Image.fromarray(mask).resize(size[::-1], Image.Resampling.NEAREST))
 
 
 def _rgb(color: str) -> tuple[int, int, int]:

@@ -114,7 +114,7 @@ def read_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarr
 def model_info(name: str, model: Sam) -> dict[str, object]:
     """What the status line says about a model."""
     source = str(getattr(model, "weights_source", name))
-    precision = getattr(model, "dtype_name", None) or str(next(model.parameters()).dtype).removeprefix("torch.")
+    precision = getattr(model, "precision", None) or str(next(model.parameters()).dtype).removeprefix("torch.")
     return {
         "name": name,
         "source": source,
@@ -123,10 +123,14 @@ def model_info(name: str, model: Sam) -> dict[str, object]:
     }
 
 
-def _load(name: str) -> Sam:
+def load(name: str, precision: str = "float32") -> Sam:
+    """load_model(name) with the image encoder in `precision` ('float32', 'bfloat16' or 'auto')."""
+    from .precision import resolve_dtype
     from .weights import load_model
 
-    return load_model(name)
+    dtype = resolve_dtype(precision)
+    model = load_model(name)
+    return model.set_precision(dtype) if dtype != torch.float32 else model
 
 
 class Models:
@@ -136,7 +140,7 @@ class Models:
     otherwise hold several GB. A failed load is not remembered, so fixing the network and retrying works.
     """
 
-    def __init__(self, loader: Callable[[str], Sam] = _load, max_models: int = 2) -> None:
+    def __init__(self, loader: Callable[[str], Sam] = load, max_models: int = 2) -> None:
         self.loader = loader
         self.max_models = max_models
         self._models: OrderedDict[str, Sam] = OrderedDict()
@@ -377,4 +381,46 @@ def segment(
         "model": model_name,
         "weights": info["source"],
         "embedding_seconds": round(embedded.seconds, 3),
+    }
+
+
+def everything(
+    service: Service,
+    model_name: str,
+    key: str,
+    path: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    **generator_args,
+) -> list[dict]:
+    """Segment everything in a kept image (sam.automatic with Meta's defaults unless overridden).
+
+    Records as SamAutomaticMaskGenerator's with output_mode="uncompressed_rle", best predicted IoU first.
+    It runs under the embedding lock: like an embedding, it keeps both cores busy for a while.
+    """
+    from .automatic import SamAutomaticMaskGenerator
+
+    embedded = service.embed(model_name, key, path)
+    image = service.image(key, path)
+    generator = SamAutomaticMaskGenerator(
+        service.models.get(model_name), output_mode="uncompressed_rle", **generator_args
+    )
+    with service._embed_lock, torch_threads(service.embed_threads):
+        records = generator.generate(image, embedding=embedded.embedding, progress=progress)
+    return sorted(records, key=lambda r: -r["predicted_iou"])
+
+
+def everything_json(records: list[dict], model_name: str) -> dict[str, object]:
+    """Records of `everything` -> JSON for scripts: COCO RLE masks (pycocotools decodes them), scores, boxes."""
+    from .masks import encode_coco_rle, rle_to_mask
+
+    size = records[0]["segmentation"]["size"] if records else None
+    return {
+        "size": size,
+        "masks": [encode_coco_rle(rle_to_mask(r["segmentation"])) for r in records],
+        "scores": [round(r["predicted_iou"], 6) for r in records],
+        "stability": [round(r["stability_score"], 6) for r in records],
+        "bbox": [r["bbox"] for r in records],  # Meta's XYWH
+        "areas": [int(r["area"]) for r in records],
+        "points": [r["point_coords"][0] for r in records],
+        "model": model_name,
     }

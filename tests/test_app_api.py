@@ -16,6 +16,7 @@ from gradio_client.exceptions import AppError
 from pycocotools import mask as mask_utils
 
 from sam import SamPredictor
+from sam.automatic import SamAutomaticMaskGenerator
 from sam.masks import mask_to_box
 from sam.service import read_image, torch_threads
 from sam.weights import load_model
@@ -50,7 +51,7 @@ def decode(rle: dict) -> np.ndarray:
 
 def test_only_the_script_endpoints_are_public(client):
     api = client.view_api(print_info=False, return_format="dict")
-    assert set(api["named_endpoints"]) == {"/segment"}
+    assert set(api["named_endpoints"]) == {"/segment", "/everything"}
     assert not api["unnamed_endpoints"]
 
 
@@ -97,6 +98,19 @@ def test_segment_with_another_known_model(client):
 def test_segment_bad_input_gets_a_message(client, kwargs, message):
     with pytest.raises(AppError, match=message):
         client.predict(image=handle_file(str(COFFEE)), api_name="/segment", **kwargs)
+
+
+def test_everything(client, predictor):
+    args = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    out = client.predict(image=handle_file(str(COFFEE)), **args, api_name="/everything")
+    generator = SamAutomaticMaskGenerator(predictor.model, **args)
+    records = sorted(generator.generate(read_image(COFFEE)), key=lambda r: -r["predicted_iou"])
+    assert out["size"] == [400, 600] and len(out["masks"]) == len(records) > 0
+    for rle, bbox, record in zip(out["masks"], out["bbox"], records, strict=True):
+        np.testing.assert_array_equal(decode(rle), record["segmentation"])
+        assert bbox == record["bbox"]
+    with pytest.raises(AppError, match="points_per_side must be between 1 and 64"):
+        client.predict(image=handle_file(str(COFFEE)), points_per_side=500, api_name="/everything")
 
 
 def test_readme_client_example_runs(app_url, monkeypatch):

@@ -16,6 +16,7 @@ from PIL import Image
 from playwright.sync_api import sync_playwright
 
 from sam import SamPredictor
+from sam.automatic import SamAutomaticMaskGenerator
 from sam.service import read_image, torch_threads
 from sam.weights import load_model
 from tests.browser import (
@@ -39,9 +40,14 @@ COFFEE = "examples/coffee.jpg"
 CHELSEA = "examples/chelsea.jpg"
 
 
+# "Everything" on a coarse grid, and with thresholds random weights pass (Meta's defaults: 32, 0.88, 0.95).
+EVERYTHING = {"points_per_side": 8, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+
+
 @pytest.fixture(scope="module")
 def app_url(checkpoints, tmp_path_factory):
-    with app_on_hub(checkpoints, tmp_path_factory.mktemp("app"), ["--model", "sam-vit-base"]) as url:
+    env = {"SAM_EVERYTHING": json.dumps(EVERYTHING)}
+    with app_on_hub(checkpoints, tmp_path_factory.mktemp("app"), ["--model", "sam-vit-base"], extra_env=env) as url:
         yield url
 
 
@@ -241,6 +247,34 @@ def check_zip(data: bytes, masks: list[np.ndarray], size: tuple[int, int]) -> No
                 assert im.size == (w, h)
                 if name.startswith("cutouts/"):
                     assert im.mode == "RGBA"
+
+
+def test_everything_then_pick_a_mask(page, coffee):
+    upload(page, COFFEE)
+    act(page, "hover", lambda: page.mouse.move(*image_to_page(page, 20, 20), steps=2))  # warm: embedding in use
+    page.click(".sam-everything")
+    page.wait_for_function(f"{DEBUG}.state().everything !== null || {DEBUG}.state().error", timeout=120_000)
+    generator = SamAutomaticMaskGenerator(coffee.predictor.model, **EVERYTHING)
+    records = sorted(generator.generate(read_image(COFFEE)), key=lambda r: -r["predicted_iou"])
+    assert state(page)["everything"] == {"count": len(records), "shown": True} and records
+    # The label image shows mask i where mask i is the smallest mask covering the pixel.
+    first = records[0]["segmentation"]
+    covering = [i for i, r in enumerate(records) if r["segmentation"][200, 300]]
+    if covering:
+        smallest = min(covering, key=lambda i: records[i]["area"])
+        assert page.evaluate(f"{DEBUG}.labelAt(300.5, 200.5)") == smallest
+    ys, xs = np.nonzero(first)
+    x, y = int(xs[len(xs) // 2]), int(ys[len(ys) // 2])
+    index = page.evaluate(f"{DEBUG}.labelAt({x + 0.5}, {y + 0.5})")
+    assert records[index]["segmentation"][y, x]
+    act(page, "pick", lambda: page.mouse.click(*image_to_page(page, x + 0.5, y + 0.5)))
+    assert [o["name"] for o in state(page)["objects"]] == ["object 1"]
+    assert_drawn(page, 0, records[index]["segmentation"])
+    assert state(page)["prompts"] == []  # picking does not add points
+    page.click(".sam-everything")  # hide: clicks add points again
+    assert state(page)["everything"]["shown"] is False
+    click(page, 300, 200)
+    assert len(state(page)["prompts"]) == 1
 
 
 def test_two_browser_contexts_never_share_prompts_or_masks(browser, app_url):

@@ -248,3 +248,19 @@ def test_registry_is_weak_and_checks_tokens():
     reg.add(s2)
     reg.remove(s2)
     assert reg.get(s2.token) is None
+
+
+def test_everything_masks_become_objects(session):
+    a = np.zeros((H, W), bool)
+    a[:10, :10] = True
+    b = ~a
+    session.set_everything([(a, 0.9), (b, 0.5)])
+    obj = session.pick(1, "rest")
+    assert obj.name == "rest" and obj.score == 0.5 and obj.area == int(b.sum())
+    np.testing.assert_array_equal(obj.mask(), b)
+    assert session.pick(0).name == "object 2"
+    with pytest.raises(ValueError, match="no mask 2"):
+        session.pick(2)
+    session.set_image(ImageRef("new", W, H), "m")
+    assert session.everything == []
+    assert parse_action({"type": "pick", "index": 3}, IMAGE) == Action("pick", index=3)

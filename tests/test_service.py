@@ -14,11 +14,24 @@ from PIL import Image
 
 from sam import SamPredictor
 from sam.app_session import AppSession, SessionRegistry
+from sam.automatic import SamAutomaticMaskGenerator
 from sam.build import build_sam
-from sam.canvas import CanvasServer, display_size, mask_data_url
+from sam.canvas import CanvasServer, display_size, label_data_url, mask_data_url, palette
 from sam.hub import WeightsError
 from sam.masks import decode_coco_rle
-from sam.service import LRU, Decoder, Models, Service, image_key, read_image, segment, torch_threads
+from sam.service import (
+    LRU,
+    Decoder,
+    Models,
+    Service,
+    everything,
+    everything_json,
+    image_key,
+    load,
+    read_image,
+    segment,
+    torch_threads,
+)
 from tests.reference import TINY, random_state_dict
 
 
@@ -352,3 +365,47 @@ def test_expired_session_is_gone_from_the_registry(server, image):
     server.registry.remove(session)
     session.close()
     assert server.sam_act({"token": token, "type": "undo"})["expired"]
+
+
+def test_label_image_and_palette():
+    colors = palette(255)
+    assert len(set(colors)) == 255 and (0, 0, 0) not in colors
+    big = np.zeros((6, 8), bool)
+    big[:, :6] = True
+    small = np.zeros((6, 8), bool)
+    small[2:4, 4:7] = True
+    data = base64.b64decode(label_data_url([small, big], colors[:2]).split(",", 1)[1])
+    with Image.open(io.BytesIO(data)) as im:
+        labels = np.asarray(im)
+        rgba = np.asarray(im.convert("RGBA"))
+    assert labels[3, 5] == 1 and labels[0, 0] == 2 and labels[0, 7] == 0  # the smaller mask is on top
+    assert tuple(rgba[3, 5, :3]) == colors[0] and rgba[0, 7, 3] == 0
+    with pytest.raises(ValueError, match="at most 255"):
+        label_data_url([big] * 256, palette(256))
+
+
+def test_everything_then_pick(server, image):
+    _, session, _ = opened(server, image)
+    args = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    done = []
+    view = server.everything(session, lambda a, b: done.append((a, b)), **args)
+    generator = SamAutomaticMaskGenerator(server.service.models.get("m0"), **args)
+    records = sorted(generator.generate(image), key=lambda r: -r["predicted_iou"])
+    assert records and done[-1] == (16, 16)
+    assert len(view["everything"]["colors"]) == len(records) == len(session.everything)
+    assert view["everything"]["scores"] == pytest.approx([r["predicted_iou"] for r in records], abs=1e-4)
+    out = server.sam_act({"token": session.token, "type": "pick", "index": 0, "objects_version": -1})
+    np.testing.assert_array_equal(session.objects[0].mask(), records[0]["segmentation"])
+    assert out["objects"][0]["name"] == "object 1" and out["message"] == "Added object 1."
+    assert "no mask 99" in server.sam_act({"token": session.token, "type": "pick", "index": 99})["error"]
+    as_json = everything_json(everything(server.service, "m0", session.image.key, **args), "m0")
+    assert as_json["size"] == [120, 160] and len(as_json["masks"]) == len(records)
+    np.testing.assert_array_equal(decode_coco_rle(as_json["masks"][0]), records[0]["segmentation"])
+    assert as_json["bbox"][0] == records[0]["bbox"] and as_json["areas"][0] == records[0]["area"]
+
+
+def test_bfloat16_encoder_is_shown_in_the_status(image):
+    service = Service(Models(lambda name: load(name, precision="bfloat16")))
+    server = CanvasServer(service, SessionRegistry())
+    status = server.status("random:tiny_vit")
+    assert "bf16" in status and "RANDOM WEIGHTS" in status

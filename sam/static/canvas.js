@@ -19,6 +19,7 @@ const S = {
   hover: null, hoverId: 0, hoverTimer: null, negative: false, hoverOn: true,
   drag: null, queue: [], pendingHover: null, inflight: null, seq: 0,
   timings: [], layers: new Map(), message: '', error: false,
+  everything: null, everythingOn: false, // "segment everything": a label image, shown or not
 };
 
 // ---- masks -----------------------------------------------------------------------------------------
@@ -64,6 +65,7 @@ function draw() {
   if (!S.ready && !S.width) return updateDom();
   ctx.imageSmoothingEnabled = false;
   const paint = (c, alpha) => { ctx.globalAlpha = alpha; ctx.drawImage(c, 0, 0, W, H); };
+  if (S.everything && S.everythingOn) paint(S.everything.layer, 0.55);
   for (const o of S.objects) paint(o.layer, 0.45);
   const cand = S.candidates[S.selected];
   if (cand) paint(cand.layer, 0.5);
@@ -221,6 +223,7 @@ async function applyState(v) {
     'candidates' in v ? masks(v.candidates, CANDIDATE) : null,
     'objects' in v ? masks(v.objects) : null,
   ]);
+  if (v.everything) await setEverything(v.everything);
   if (cands) S.candidates = cands;
   if (objs) { S.objects = objs; S.objectsVersion = v.objects_version; renderObjects(); }
   if ('prompts' in v) S.prompts = v.prompts;
@@ -230,6 +233,39 @@ async function applyState(v) {
   pruneLayers();
   say(v.message || '');
   draw();
+}
+
+async function setEverything(e) {
+  S.everything = null;
+  if (e.png) {
+    const im = new Image();
+    im.src = e.png;
+    await im.decode();
+    const c = document.createElement('canvas');
+    c.width = im.naturalWidth;
+    c.height = im.naturalHeight;
+    c.getContext('2d', { willReadFrequently: true }).drawImage(im, 0, 0);
+    const index = new Map(e.colors.map((hex, i) => [parseInt(hex.slice(1), 16), i]));
+    S.everything = { layer: c, index, count: e.colors.length };
+  }
+  S.everythingOn = !!S.everything;
+  everythingButton();
+}
+
+// The everything mask under image pixel (x, y): its index, or -1.
+function labelAt(x, y) {
+  const e = S.everything;
+  if (!e) return -1;
+  const px = Math.min(e.layer.width - 1, Math.floor((x * e.layer.width) / S.width));
+  const py = Math.min(e.layer.height - 1, Math.floor((y * e.layer.height) / S.height));
+  const d = e.layer.getContext('2d').getImageData(px, py, 1, 1).data;
+  if (d[3] === 0) return -1;
+  const i = e.index.get((d[0] << 16) | (d[1] << 8) | d[2]);
+  return i === undefined ? -1 : i;
+}
+
+function everythingButton() {
+  q('.sam-everything').textContent = S.everything && S.everythingOn ? 'Hide everything' : 'Everything';
 }
 
 function record(type, t0, res) {
@@ -256,7 +292,7 @@ watch('value', async () => {
     img.src = v.image.src;
     try { await img.decode(); } catch (e) { return say('The browser could not show this image.', true); }
   }
-  if (fresh) { S.queue = []; S.pendingHover = null; S.hover = null; }
+  if (fresh) { S.queue = []; S.pendingHover = null; S.hover = null; S.everything = null; S.everythingOn = false; }
   S.ready = true;
   await applyState(v);
 });
@@ -268,7 +304,9 @@ async function loadFile(file) {
   const rid = ++S.rid;
   S.ready = false;
   S.token = null;
-  Object.assign(S, { prompts: [], candidates: [], objects: [], hover: null, queue: [], pendingHover: null, width: 0 });
+  Object.assign(S, { prompts: [], candidates: [], objects: [], hover: null, queue: [], pendingHover: null, width: 0,
+    everything: null, everythingOn: false });
+  everythingButton();
   renderCandidates();
   renderObjects();
   const url = URL.createObjectURL(file);
@@ -346,7 +384,7 @@ overlay.addEventListener('pointermove', (e) => {
     }
     return;
   }
-  if (!S.hoverOn) return;
+  if (!S.hoverOn || (S.everything && S.everythingOn)) return;
   const t0 = performance.now();
   clearTimeout(S.hoverTimer);
   S.hoverTimer = setTimeout(() => requestHover(x, y, t0), HOVER_MS);
@@ -358,6 +396,9 @@ overlay.addEventListener('pointerup', (e) => {
   const t0 = performance.now();
   if (d.moved && d.box) {
     enqueue({ type: 'box', box: d.box, t0 });
+  } else if (S.everything && S.everythingOn) {
+    const i = labelAt(d.x, d.y); // with everything shown, a click picks the mask under it
+    if (i >= 0) enqueue({ type: 'pick', index: i, t0 });
   } else {
     const negative = d.button === 2 || S.negative;
     enqueue({ type: 'point', x: d.x, y: d.y, label: negative ? 0 : 1, t0 });
@@ -386,6 +427,18 @@ q('.sam-hover-toggle').addEventListener('change', (e) => {
   if (!S.hoverOn) { S.hover = null; S.hoverId++; draw(); }
 });
 q('.sam-undo').addEventListener('click', () => enqueue({ type: 'undo' }));
+q('.sam-everything').addEventListener('click', () => {
+  if (!S.ready) return say('Upload an image or pick an example first.', true);
+  if (S.everything) {
+    S.everythingOn = !S.everythingOn;
+    everythingButton();
+    return draw();
+  }
+  const busy = q('.sam-busy');
+  busy.hidden = false;
+  busy.textContent = 'Segmenting everything…';
+  trigger('everything', { token: S.token });
+});
 q('.sam-clear').addEventListener('click', () => enqueue({ type: 'clear' }));
 q('.sam-add').addEventListener('click', () => enqueue({ type: 'add', name: q('.sam-name').value }));
 q('.sam-name').addEventListener('keydown', (e) => { if (e.key === 'Enter') q('.sam-add').click(); });
@@ -404,9 +457,11 @@ root.samDebug = {
   state: () => ({
     ready: S.ready, width: S.width, height: S.height, prompts: S.prompts, selected: S.selected,
     scores: S.candidates.map((c) => c.score), objects: S.objects.map((o) => ({ name: o.name, color: o.color })),
+    everything: S.everything ? { count: S.everything.count, shown: S.everythingOn } : null,
     hover: S.hover ? { x: S.hover.x, y: S.hover.y, score: S.hover.score } : null, message: S.message, error: S.error, busy: !!S.inflight || S.queue.length > 0,
   }),
   timings: () => S.timings.slice(),
+  labelAt: (x, y) => labelAt(x, y),
   // The drawn overlay's RGBA at image pixel (x, y).
   pixelAt: (x, y) => {
     const px = Math.floor((x * overlay.width) / S.width), py = Math.floor((y * overlay.height) / S.height);
