@@ -19,15 +19,17 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
+from sam import limits
 from sam.app_session import AppSession, SessionRegistry
 from sam.canvas import CanvasServer, SamCanvas, model_error
-from sam.service import DEFAULT_MODEL, Models, Service, everything, everything_json, load, read_image, segment
+from sam.images import ImageError, frame_count, load_image
+from sam.service import DEFAULT_MODEL, Models, Service, everything, everything_json, load, segment
 from sam.weights import KNOWN_MODELS
 
 EXAMPLES = sorted((Path(__file__).parent / "examples").glob("*.jpg"))
-SESSION_TTL_S = 3600
-MAX_SESSIONS = int(os.environ.get("SAM_MAX_SESSIONS", "500"))
-MAX_MODELS = int(os.environ.get("SAM_MAX_MODELS", "2"))
+SESSION_TTL_S = limits.SESSION_TTL_S
+MAX_SESSIONS = int(os.environ.get("SAM_MAX_SESSIONS", str(limits.MAX_SESSIONS)))
+MAX_MODELS = int(os.environ.get("SAM_MAX_MODELS", str(limits.MAX_MODELS)))
 # Settings of "Everything" (sam.automatic.SamAutomaticMaskGenerator), e.g. '{"points_per_side": 16}'.
 EVERYTHING_ENV = "SAM_EVERYTHING"
 
@@ -58,15 +60,16 @@ def build_demo(model_name: str, service: Service | None = None) -> gr.Blocks:
         rid = data.get("rid")
         try:
             path = upload_path(data.get("path"))
-            image, title = read_image(path), str(data.get("name") or "image")[:100]
-            return canvas_server.open_image(session, name, image, title, path, False, rid)
+            image, title = load_image(path), str(data.get("name") or "image")[:100]
+            animated = frame_count(path) > 1  # the page shows the frame we segment, not the animation
+            return canvas_server.open_image(session, name, image, title, path, animated, rid)
         except Exception as e:
             return {"error": error_text(e), "rid": rid}, session, status_for(name, e)
 
     def on_example(session, name, evt: gr.SelectData):
         try:
             path = EXAMPLES[int(evt.index)]
-            return canvas_server.open_image(session, name, read_image(path), path.name, str(path), True)
+            return canvas_server.open_image(session, name, load_image(path), path.name, str(path), True)
         except Exception as e:
             return {"error": error_text(e)}, session, status_for(name, e)
 
@@ -117,7 +120,10 @@ def build_demo(model_name: str, service: Service | None = None) -> gr.Blocks:
             raise gr.Error(f"model must be one of {', '.join(choices)}")
         if image is None:
             raise gr.Error("no image given")
-        return model, np.asarray(image, dtype=np.uint8)
+        try:
+            return model, load_image(image)  # a file in Gradio's upload cache (gr.File checks that)
+        except ImageError as e:
+            raise gr.Error(str(e)) from None
 
     def segment_api(image, points, labels, box, multimask, model) -> dict[str, Any]:
         """Masks for one object: image, points [[x, y], ...], labels [1|0, ...], box [x0, y0, x1, y1] ->
@@ -146,7 +152,7 @@ def build_demo(model_name: str, service: Service | None = None) -> gr.Blocks:
             )
 
         with gr.Column(visible=False):  # script API only (see README, "App")
-            api_image = gr.Image(type="numpy", label="image")
+            api_image = gr.File(label="image", type="filepath")  # decoded by sam.images, not by Gradio
             api_points, api_labels = gr.JSON([], label="points"), gr.JSON([], label="labels")
             api_box = gr.JSON([], label="box")
             api_multimask = gr.Checkbox(True, label="multimask")
@@ -245,8 +251,12 @@ def main(argv: list[str] | None = None) -> None:
     # shown in the page's status line (the model is tried again there).
     threading.Thread(target=lambda: _try(service, args.model), daemon=True).start()
     demo = build_demo(args.model, service)
-    demo.queue(max_size=64, default_concurrency_limit=1)
-    demo.launch(state_session_capacity=MAX_SESSIONS, max_file_size="50mb", allowed_paths=[str(p) for p in EXAMPLES])
+    demo.queue(max_size=limits.QUEUE_SIZE, default_concurrency_limit=1)
+    demo.launch(
+        state_session_capacity=MAX_SESSIONS,
+        max_file_size=f"{limits.MAX_UPLOAD_MB}mb",
+        allowed_paths=[str(p) for p in EXAMPLES],
+    )
 
 
 def _try(service: Service, name: str) -> None:

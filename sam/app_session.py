@@ -23,11 +23,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .limits import MAX_NAME, MAX_OBJECTS, MAX_PROMPTS
 from .masks import area, decode_coco_rle, encode_coco_rle, mask_to_box
 
-MAX_PROMPTS = 64  # per object
-MAX_OBJECTS = 64  # per image
-MAX_NAME = 40
 MAX_EVERYTHING = 255  # masks kept from "segment everything" (they fit one 8-bit label image)
 COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#9a6324", "#469990")
 

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 
+from .images import load_image, prepare
+from .limits import MAX_PIXELS, MAX_PROMPTS
 from .modeling.sam import Sam
 from .predictor import ImageEmbedding, SamPredictor
 
 DEFAULT_MODEL = "sam-vit-base"
-MAX_IMAGE_PIXELS = 40_000_000  # larger uploads are refused with a message (PIL's bomb limit is ~179 MP)
 
 
 def _env_int(name: str, default: int) -> int:
@@ -98,17 +98,9 @@ def image_key(image: np.ndarray) -> str:
     return h.hexdigest()[:32]
 
 
-def read_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """An image file -> HxWx3 uint8 RGB, rotated by its EXIF orientation as browsers show it."""
-    try:
-        with Image.open(path) as im:
-            if im.width * im.height > max_pixels:
-                mp = max_pixels // 1_000_000
-                raise ValueError(f"the image is {im.width}x{im.height}; at most {mp} megapixels are accepted")
-            im = ImageOps.exif_transpose(im)
-            return np.asarray(im.convert("RGB"))
-    except (OSError, Image.DecompressionBombError) as e:
-        raise ValueError(f"could not read the image: {e}") from e
+def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """An image file -> HxWx3 uint8 RGB as the user sees it; sam.images.ImageError (a ValueError) says why not."""
+    return load_image(path, max_pixels=max_pixels)
 
 
 def model_info(name: str, model: Sam) -> dict[str, object]:
@@ -256,8 +248,9 @@ class Service:
                 return Embedded(key, cached, 0.0, True)
             start = time.perf_counter()
             predictor = SamPredictor(model)
+            small, _ = prepare(image, model.img_size)  # SAM's own resize, so the embedding is the same
             with torch_threads(self.embed_threads):
-                predictor.set_image(image)
+                predictor.set_torch_image(torch.as_tensor(small).permute(2, 0, 1)[None], image.shape[:2])
             embedding = predictor.embedding
             seconds = time.perf_counter() - start
         self.embeddings.put((model_name, key), embedding)
@@ -345,7 +338,20 @@ def _prompt_arrays(points, labels, box) -> tuple[np.ndarray | None, np.ndarray |
         raise ValueError("coordinates must be finite numbers")
     if len(pts) == 0 and bx is None:
         raise ValueError("give at least one point or a box")
+    if len(pts) > MAX_PROMPTS:
+        raise ValueError(f"at most {MAX_PROMPTS} points per request, got {len(pts)}")
+    if bx is not None and not (bx[0] < bx[2] and bx[1] < bx[3]):
+        raise ValueError("box must be [x0, y0, x1, y1] with x0 < x1 and y0 < y1: this one is empty or inverted")
     return (pts if len(pts) else None), (lab.astype(np.int64) if len(lab) else None), bx
+
+
+def _inside(points: np.ndarray | None, box: np.ndarray | None, h: int, w: int) -> None:
+    """Points must lie on the image (edges included); a box must overlap it."""
+    for x, y in points if points is not None else ():
+        if not (0 <= x <= w and 0 <= y <= h):
+            raise ValueError(f"point ({x:.6g}, {y:.6g}) is outside the {w}x{h} image")
+    if box is not None and (box[2] <= 0 or box[3] <= 0 or box[0] >= w or box[1] >= h):
+        raise ValueError(f"box {[float(f'{v:.6g}') for v in box]} is outside the {w}x{h} image")
 
 
 def segment(
@@ -366,6 +372,7 @@ def segment(
     from .masks import encode_coco_rle, mask_to_box
 
     pts, lab, bx = _prompt_arrays(points, labels, box)
+    _inside(pts, bx, image.shape[0], image.shape[1])
     key = service.add_image(image)
     embedded = service.embed(model_name, key)
     decoder = service.decoder(model_name, embedded.embedding)
