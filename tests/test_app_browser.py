@@ -6,9 +6,11 @@ arbitrary masks, so every drawn mask is compared with what `SamPredictor.predict
 for the same prompts on the same checkpoint: the page must draw exactly that mask.
 """
 
+import base64
 import io
 import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +24,7 @@ from sam.weights import load_model
 from tests.browser import (
     CANVAS,
     DEBUG,
+    REPO,
     act,
     app_on_hub,
     click,
@@ -36,8 +39,8 @@ from tests.browser import (
 from tests.hub import hub_env
 
 pytestmark = pytest.mark.browser
-COFFEE = "examples/coffee.jpg"
-CHELSEA = "examples/chelsea.jpg"
+COFFEE = str(REPO / "examples" / "coffee.jpg")
+CHELSEA = str(REPO / "examples" / "chelsea.jpg")
 
 
 # "Everything" on a coarse grid, and with thresholds random weights pass (Meta's defaults: 32, 0.88, 0.95).
@@ -300,6 +303,29 @@ def test_two_browser_contexts_never_share_prompts_or_masks(browser, app_url):
     finally:
         a.context.close()
         b.context.close()
+
+
+DROP_OR_PASTE = """async ([kind, b64]) => {
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    const dt = new DataTransfer();
+    dt.items.add(new File([bytes], 'chelsea.jpg', { type: 'image/jpeg' }));
+    if (kind === 'drop') {
+        document.querySelector('.sam-stage').dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true }));
+    } else {
+        document.dispatchEvent(new ClipboardEvent('paste', { clipboardData: dt, bubbles: true }));
+    }
+}"""
+
+
+@pytest.mark.parametrize("kind", ["drop", "paste"])
+def test_drop_and_paste_an_image(page, kind):
+    data = base64.b64encode(Path(CHELSEA).read_bytes()).decode()
+    page.evaluate(DROP_OR_PASTE, [kind, data])
+    page.wait_for_selector(f"{CANVAS}[data-ready='1']", timeout=60_000)
+    s = state(page)
+    assert (s["width"], s["height"]) == (451, 300) and s["error"] is False
+    click(page, 200, 150)
+    assert len(state(page)["scores"]) == 3
 
 
 def test_example_gallery_loads_an_image(page):
