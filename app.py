@@ -240,9 +240,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--precision",
-        default=os.environ.get("SAM_PRECISION") or "float32",
+        default=os.environ.get("SAM_PRECISION") or "auto",
         choices=["float32", "bfloat16", "auto"],
-        help="image encoder precision; auto: bfloat16 where the CPU runs it fast (default: $SAM_PRECISION or float32)",
+        help="image encoder precision; auto: bfloat16 where the CPU runs it fast (default: $SAM_PRECISION or auto)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
