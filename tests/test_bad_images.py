@@ -6,6 +6,7 @@ page: a bad upload shows its message and the session's objects stay.
 """
 
 import io
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -308,3 +309,157 @@ def write(folder: Path, name: str, data: bytes) -> Path:
     path = folder / name
     path.write_bytes(data)
     return path
+
+
+# ---- the app: the corpus through the page's own requests, then in Chromium ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def app_url(checkpoints, tmp_path_factory):
+    from tests.browser import app_on_hub
+
+    with app_on_hub(checkpoints, tmp_path_factory.mktemp("bad-images"), ["--model", "sam-vit-base"]) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def app_predictor(checkpoints):
+    """What the app's sam-vit-base is on the loopback Hub (the tiny transformers checkpoint of seed 0)."""
+    from sam.weights import load_model
+
+    return SamPredictor(load_model(str(checkpoints.transformers("tiny", 0))))
+
+
+def test_every_bad_file_gets_its_message_in_the_page_and_the_session_stays(app_url):
+    from tests.page_client import PageClient
+
+    page = PageClient(app_url)
+    try:
+        view, _ = page.open_image(encode(photo(), "PNG"), "good.png")
+        token = view["token"]
+        out = page.act({"type": "point", "x": 50, "y": 30})
+        assert len(out["candidates"]) == 3
+        out = page.act({"type": "add", "name": "kept"})
+        assert [o["name"] for o in out["objects"]] == ["kept"]
+        for name, (data, message) in bad_corpus().items():
+            view, status = page.open_image(data, name)
+            assert re.search(message, view["error"]), (name, view)
+            assert "/" not in view["error"] and "Traceback" not in view["error"]  # no server paths, no traces
+            assert "sam-vit-base" in status
+        out = page.act({"type": "point", "x": 20, "y": 20, "objects_version": -1})  # still the same session
+        assert page.token == token and [o["name"] for o in out["objects"]] == ["kept"]
+        assert out["prompts"] == [{"kind": "point", "coords": [20, 20], "label": 1}]
+    finally:
+        page.close()
+
+
+def test_unusual_files_are_segmented_as_the_viewer_shows_them(app_url, app_predictor):
+    """EXIF-rotated, 16-bit, CMYK, transparent, animated: a click on the red square lands on it."""
+    from tests.page_client import PageClient
+
+    upright = np.asarray(photo())
+    rgba = np.dstack([upright, np.full(upright.shape[:2], 255, np.uint8)])
+    rgba[40:, 60:, 3] = 0
+    files = {
+        "rotated.jpg": (exif_photo(6)[0], None),
+        "mirrored.jpg": (exif_photo(5)[0], None),
+        "deep.png": (cv2.imencode(".png", upright[..., ::-1].astype(np.uint16) * 257)[1].tobytes(), None),
+        "print.jpg": (encode(photo().convert("CMYK"), "JPEG", quality=95), None),
+        "alpha.png": (encode(Image.fromarray(rgba), "PNG"), None),
+        "moving.gif": (encode(photo(), "GIF", save_all=True, append_images=[Image.new("RGB", (96, 64))]), "src"),
+    }
+    page = PageClient(app_url)
+    try:
+        for name, (data, src) in files.items():
+            view, _ = page.open_image(data, name)
+            image = load_image(data)
+            assert (view["image"]["width"], view["image"]["height"]) == (96, 64), name
+            assert ("src" in view["image"]) == (src == "src"), name  # an animation: the page shows frame 1
+            assert np.abs(image[12, 12].astype(int) - RED).max() < 60, name  # the red square, where it is seen
+            out = page.act({"type": "point", "x": 12, "y": 12})
+            app_predictor.set_image(image)
+            masks, scores, _ = app_predictor.predict(np.array([[12, 12]]), np.array([1]))
+            assert out["selected"] == int(np.argmax(scores)), name
+            for cand, mask in zip(out["candidates"], masks, strict=True):
+                np.testing.assert_array_equal(png_mask(cand["png"]), mask)
+    finally:
+        page.close()
+
+
+def test_a_large_image_is_embedded_at_model_size_and_exported_at_full_size(app_url, app_predictor, tmp_path):
+    from tests.page_client import PageClient
+
+    rng = np.random.default_rng(2)
+    image = cv2.resize(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8), (4000, 3000), interpolation=cv2.INTER_LINEAR)
+    page = PageClient(app_url)
+    try:
+        view, _ = page.open_image(encode(Image.fromarray(image), "PNG"), "large.png")
+        assert (view["image"]["width"], view["image"]["height"]) == (4000, 3000)
+        out = page.act({"type": "point", "x": 3000, "y": 1000})
+        assert png_mask(out["candidates"][0]["png"]).shape == (768, 1024)  # the page gets display-size masks
+        page.act({"type": "add", "name": "big"})
+        (zip_path,) = page.event("on_export", [None])
+        zipped = page.http.get(f"{app_url}/gradio_api/file={zip_path['path']}")
+        zipped.raise_for_status()
+    finally:
+        page.close()
+    import zipfile
+
+    app_predictor.set_image(image)
+    masks, scores, _ = app_predictor.predict(np.array([[3000, 1000]]), np.array([1]))
+    with zipfile.ZipFile(io.BytesIO(zipped.content)) as zf:
+        (name,) = [n for n in zf.namelist() if n.startswith("masks/")]
+        with Image.open(io.BytesIO(zf.read(name))) as im:
+            exported = np.asarray(im.convert("L")) > 0
+    assert exported.shape == (3000, 4000)
+    # The app upsamples on one thread, this predictor on all: a handful of pixels at the threshold may differ.
+    assert (exported != masks[int(np.argmax(scores))]).sum() <= 10
+
+
+def png_mask(url: str) -> np.ndarray:
+    import base64
+
+    with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as im:
+        return np.asarray(im.convert("RGBA"))[..., 3] > 0
+
+
+@pytest.mark.browser
+def test_a_bad_upload_in_the_browser_keeps_the_image_and_objects(app_url, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser import CANVAS, DEBUG, REPO, act, click, launch_chromium, open_app, state, upload
+
+    random_png = write(tmp_path, "random.png", bad_corpus()["random.png"][0])
+    strip = write(tmp_path, "strip.png", bad_corpus()["tall-strip.png"][0])
+    bomb = write(tmp_path, "bomb.png", encode(Image.new("L", (7_000, 7_000)), "PNG", optimize=True))
+    rotated = write(tmp_path, "rotated.jpg", exif_photo(6)[0])
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        page = open_app(browser, app_url)
+        upload(page, REPO / "examples" / "coffee.jpg")
+        click(page, 300, 200)
+        act(page, "add", lambda: page.click(".sam-add"))
+        before = state(page)
+        assert [o["name"] for o in before["objects"]] == ["object 1"]
+        for path, message in [
+            (random_png, "The browser cannot show this image"),  # refused by the browser
+            (strip, "3x200: its long side may be at most 32"),  # refused by the server
+            (bomb, "7000x7000 (49 megapixels); at most 40"),
+        ]:
+            page.set_input_files(".sam-file", str(path))
+            page.wait_for_function(f"{DEBUG}.state().error && {DEBUG}.state().message.includes({message!r})")
+            page.wait_for_selector(f"{CANVAS}[data-ready='1']")
+            assert message in page.locator(".sam-message").inner_text()  # shown in the page, not only kept
+            after = state(page)
+            assert after["objects"] == before["objects"] and (after["width"], after["height"]) == (600, 400)
+            assert page.locator(".sam-objects li").count() == 1
+            assert page.evaluate("document.querySelector('.sam-img').naturalWidth") == 600
+        click(page, 100, 300)  # still responsive, and the server kept the object: the next one is "object 2"
+        act(page, "add", lambda: page.click(".sam-add"))
+        assert [o["name"] for o in state(page)["objects"]] == ["object 1", "object 2"]
+        page.set_input_files(".sam-file", str(rotated))  # EXIF: the browser and the server agree on the size
+        page.wait_for_function(f"{DEBUG}.state().ready && {DEBUG}.state().width === 96")
+        assert state(page)["objects"] == [] and state(page)["height"] == 64
+        assert page.evaluate("document.querySelector('.sam-img').naturalWidth") == 96
+        assert page.errors == []
+        browser.close()

@@ -20,6 +20,7 @@ const S = {
   drag: null, queue: [], pendingHover: null, inflight: null, seq: 0,
   timings: [], layers: new Map(), message: '', error: false,
   everything: null, everythingOn: false, // "segment everything": a label image, shown or not
+  pending: null, // an upload the server has not accepted yet: {rid, url, prev: {src, width, height}}
 };
 
 // ---- masks -----------------------------------------------------------------------------------------
@@ -62,7 +63,7 @@ function draw() {
   const W = overlay.width, H = overlay.height;
   ctx.setTransform(1, 0, 0, 1, 0, 0);
   ctx.clearRect(0, 0, W, H);
-  if (!S.ready && !S.width) return updateDom();
+  if ((!S.ready && !S.width) || S.pending) return updateDom();
   ctx.imageSmoothingEnabled = false;
   const paint = (c, alpha) => { ctx.globalAlpha = alpha; ctx.drawImage(c, 0, 0, W, H); };
   if (S.everything && S.everythingOn) paint(S.everything.layer, 0.55);
@@ -281,8 +282,12 @@ watch('value', async () => {
   if (v.rid && v.rid !== S.rid) return; // an answer to an upload that was replaced since
   if (!v.rid && v.image && v.image.src) S.rid++; // an example replaces any upload still on its way
   q('.sam-busy').hidden = true;
-  if (v.error) return say(v.error, true);
+  if (v.error) {
+    if (S.pending && v.rid === S.pending.rid) restorePrevious();
+    return say(v.error, true);
+  }
   if (!v.token || !v.image) return;
+  S.pending = null;
   const fresh = v.token !== S.token || v.image.key !== S.imageKey;
   S.token = v.token;
   S.imageKey = v.image.key;
@@ -292,32 +297,36 @@ watch('value', async () => {
     img.src = v.image.src;
     try { await img.decode(); } catch (e) { return say('The browser could not show this image.', true); }
   }
-  if (fresh) { S.queue = []; S.pendingHover = null; S.hover = null; S.everything = null; S.everythingOn = false; }
+  if (fresh) { S.queue = []; S.pendingHover = null; S.hover = null; S.everything = null; S.everythingOn = false; everythingButton(); }
   S.ready = true;
   await applyState(v);
 });
 
 // ---- loading images ---------------------------------------------------------------------------------------
+// A new file is shown at once, but it replaces the current image, prompts and objects only when the server
+// has read it: when it cannot (a damaged file, too many pixels...) the page goes back to what it had.
 async function loadFile(file) {
   if (!file) return;
   if (!file.type || !file.type.startsWith('image/')) return say('That is not an image file.', true);
-  const rid = ++S.rid;
-  S.ready = false;
-  S.token = null;
-  Object.assign(S, { prompts: [], candidates: [], objects: [], hover: null, queue: [], pendingHover: null, width: 0,
-    everything: null, everythingOn: false });
-  everythingButton();
-  renderCandidates();
-  renderObjects();
   const url = URL.createObjectURL(file);
-  img.src = url;
+  const probe = new Image();
+  probe.src = url;
+  const wasReady = S.ready;
+  S.ready = false; // no prompts until the new image is in
+  updateDom();
   try {
-    await img.decode();
+    await probe.decode();
   } catch (e) {
+    URL.revokeObjectURL(url);
+    S.ready = wasReady;
     return say('The browser cannot show this image; try a PNG or JPEG.', true);
   }
-  S.width = img.naturalWidth;
-  S.height = img.naturalHeight;
+  const rid = ++S.rid;
+  if (!S.pending) S.pending = { prev: { src: img.getAttribute('src'), width: S.width, height: S.height } };
+  Object.assign(S.pending, { rid, url });
+  img.src = url;
+  S.width = probe.naturalWidth;
+  S.height = probe.naturalHeight;
   draw();
   const busy = q('.sam-busy');
   busy.hidden = false;
@@ -329,9 +338,21 @@ async function loadFile(file) {
     busy.textContent = 'Computing the image embedding…';
     trigger('image', { path, name: file.name || 'image', rid });
   } catch (e) {
+    if (rid !== S.rid) return;
     busy.hidden = true;
+    restorePrevious();
     say('Upload failed: ' + (e && e.message ? e.message : e), true);
   }
+}
+
+function restorePrevious() {
+  const { prev } = S.pending;
+  S.pending = null;
+  if (prev.src) img.src = prev.src; else img.removeAttribute('src');
+  S.width = prev.width;
+  S.height = prev.height;
+  S.ready = !!S.token;
+  draw();
 }
 
 const fileInput = q('.sam-file');
