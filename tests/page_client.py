@@ -14,6 +14,8 @@ from typing import Any
 
 import httpx
 
+JSON = {"Content-Type": "application/json"}  # bodies are written by json.dumps, so NaN and Infinity go through
+
 
 class PageClient:
     """One page session (one Gradio session hash) against the app at `url`."""
@@ -47,10 +49,11 @@ class PageClient:
             "trigger_id": dep["targets"][0][0] if dep["targets"] else None,
             "session_hash": self.session_hash,
         }
-        r = self.http.post(f"{self.url}/gradio_api/queue/join", json=body)
+        r = self.http.post(f"{self.url}/gradio_api/queue/join", content=json.dumps(body).encode(), headers=JSON)
         r.raise_for_status()
         event_id = r.json()["event_id"]
-        with self.http.stream("GET", f"{self.url}/gradio_api/queue/data", params={"session_hash": self.session_hash}) as s:
+        params = {"session_hash": self.session_hash}
+        with self.http.stream("GET", f"{self.url}/gradio_api/queue/data", params=params) as s:
             for line in s.iter_lines():
                 if not line.startswith("data:"):
                     continue
@@ -76,7 +79,7 @@ class PageClient:
         if with_token and isinstance(data, dict):
             data = {"token": self.token, **data}
         body = {"data": data, "component_id": self.canvas_id, "fn_name": "sam_act", "session_hash": self.session_hash}
-        r = self.http.post(f"{self.url}/gradio_api/component_server/", json=body)
+        r = self.http.post(f"{self.url}/gradio_api/component_server/", content=json.dumps(body).encode(), headers=JSON)
         r.raise_for_status()
         return r.json()
 
