@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from sam import SamPredictor, build_sam
+from sam.modeling import tiny_vit
 from sam.modeling.tiny_vit import TinyViT
 from sam.transforms import ResizeLongestSide
 from tests.reference import test_image
@@ -180,3 +181,24 @@ def test_bf16_autocast_close_to_fp32(small_encoder):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         y16 = model(x[:1])
     assert 0 < rel_err(y16.float(), y[:1]) < BF16_RTOL  # > 0: bf16 really ran
+
+
+@pytest.mark.parametrize("out_dim", [16, 320])  # mobile_sam merges with stride 2, or stride 1 into 320 channels
+def test_banded_conv_stacks_match_mobile_sam(monkeypatch, out_dim):
+    """MBConv and PatchMerging computed one output row at a time equal mobile_sam's whole-image modules."""
+    from mobile_sam.modeling.tiny_vit_sam import MBConv as RefMBConv
+    from mobile_sam.modeling.tiny_vit_sam import PatchMerging as RefMerging
+
+    monkeypatch.setattr(tiny_vit, "BAND_BYTES", 1)
+    x = torch.randn(2, 8, 13, 11, generator=torch.Generator().manual_seed(6))  # BxCxHxW, odd sizes
+    ref_mb, ref_merge = RefMBConv(8, 8, 4.0, torch.nn.GELU, 0.0), RefMerging((13, 11), 8, out_dim, torch.nn.GELU)
+    mb, merge = tiny_vit.MBConv(8, 4.0), tiny_vit.PatchMerging(8, out_dim, 1 if out_dim == 320 else 2)
+    for ref, ours in [(ref_mb, mb), (ref_merge, merge)]:
+        ref.load_state_dict(random_tinyvit_weights(ref, seed=6))
+        ours.load_state_dict(ref.state_dict())
+        ref.eval()
+    with torch.no_grad():
+        assert rel_err(mb(x.permute(0, 2, 3, 1)), ref_mb(x).permute(0, 2, 3, 1)) < 1e-6
+        y = merge(x.permute(0, 2, 3, 1))
+        assert y.shape[1:3] == ((13, 11) if out_dim == 320 else (7, 6))
+        assert rel_err(y.flatten(1, 2), ref_merge(x)) < 1e-6

@@ -21,7 +21,7 @@ from .common import LayerNorm2d
 from .image_encoder import window_partition, window_unpartition
 
 gelu_ = torch.ops.aten.gelu_  # in place: the activations here are large
-BAND_BYTES = 4 << 20  # size of the hidden activations computed at a time in the conv stacks
+BAND_BYTES = 8 << 20  # size of the wide hidden activations computed at a time (conv stacks, MLPs)
 
 
 class Conv2d_BN(nn.Module):  # noqa: N801 (mobile_sam's name)
@@ -62,8 +62,8 @@ def conv_stack(x: torch.Tensor, conv1: Conv2d_BN, conv2: Conv2d_BN, conv3: Conv2
     rows = max(1, BAND_BYTES // (B * W * conv1.c.out_channels * x.element_size() * s))
     for o0 in range(0, H2, rows):
         o1 = min(o0 + rows, H2)
-        # input rows [a, b) hold every 3x3 neighbourhood of output rows [o0, o1); a is a multiple of s so
-        # that the band's own output row j sits at output row a / s + j; rows outside [a, b) are zero padding
+        # input rows [a, b) cover the 3x3 neighbourhoods of output rows [o0, o1). a is a multiple of s, so the
+        # band's output row j is output row a / s + j; rows at an inner band edge saw zero padding: not kept
         a, b = max(o0 * s - s, 0), min((o1 - 1) * s + 2, H)
         y = gelu_(conv1.linear(x[:, a:b]))
         y = gelu_(conv2(y.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
@@ -181,7 +181,7 @@ class TinyViTBlock(nn.Module):
         attn = self.attn(windows.reshape(-1, ws * ws, C)).view(-1, ws, ws, C)
         y = x + window_unpartition(attn, ws, pad_hw, (H, W))
         x = self.local_conv(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        rows = max(1, BAND_BYTES // (self.mlp.fc1.out_features * W * x.element_size()))
+        rows = max(1, BAND_BYTES // (B * W * self.mlp.fc1.out_features * x.element_size()))
         for band in x.split(rows, dim=1):  # bands of rows keep the MLP's hidden activations small
             band += self.mlp(band)
         return x
