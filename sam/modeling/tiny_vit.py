@@ -177,6 +177,7 @@ class TinyViTBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
         ws = self.window_size
+        # zero padding happens before attn.norm, as in mobile_sam: padded tokens are keys and values too
         windows, pad_hw = window_partition(x, ws)
         attn = self.attn(windows.reshape(-1, ws * ws, C)).view(-1, ws, ws, C)
         y = x + window_unpartition(attn, ws, pad_hw, (H, W))
@@ -210,6 +211,8 @@ class BasicLayer(nn.Module):
 
 
 class TinyViT(nn.Module):
+    """MobileSAM's image encoder (TinyViT-5M and SAM's neck by default)."""
+
     def __init__(
         self,
         *,
