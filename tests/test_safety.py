@@ -152,8 +152,13 @@ def test_the_canvas_cannot_make_the_server_read_its_files(app, page):
     link.parent.mkdir(exist_ok=True)
     link.unlink(missing_ok=True)
     link.symlink_to(secret)
-    real = [str(secret), "/etc/passwd", str(folder / "gradio" / "x" / ".." / ".." / "secret.png"), str(link),
-            str(folder / "gradio")]
+    real = [
+        str(secret),
+        "/etc/passwd",
+        str(folder / "gradio" / "x" / ".." / ".." / "secret.png"),
+        str(link),
+        str(folder / "gradio"),
+    ]
     for path in [*real, "", None, ["/etc/passwd"], {"path": "/etc/passwd"}, "\x00", "x" * 100_000]:
         try:
             view, _, _ = page.event("on_image", [None, page.model], {"path": path, "name": "x.png", "rid": 1})
@@ -201,10 +206,17 @@ def test_untrusted_canvas_requests(app, page):
         out = page.act(data)
         assert isinstance(out.get("error"), str) and len(json.dumps(out)) < 1000, (data, out)
     deep = "[" * 100_000 + "1" + "]" * 100_000  # deeper than any JSON parser recurses
-    body = json.dumps({"component_id": page.canvas_id, "fn_name": "sam_act", "session_hash": page.session_hash,
-                       "data": {"token": page.token, "type": "point", "x": "DEEP"}}).replace('"DEEP"', deep)
-    r = page.http.post(f"{url}/gradio_api/component_server/", content=body.encode(),
-                       headers={"Content-Type": "application/json"})
+    body = json.dumps(
+        {
+            "component_id": page.canvas_id,
+            "fn_name": "sam_act",
+            "session_hash": page.session_hash,
+            "data": {"token": page.token, "type": "point", "x": "DEEP"},
+        }
+    ).replace('"DEEP"', deep)
+    r = page.http.post(
+        f"{url}/gradio_api/component_server/", content=body.encode(), headers={"Content-Type": "application/json"}
+    )
     assert b"Traceback" not in r.content  # refused one way or another; the requests below show the server is fine
     accepted = [page.act({"type": "point", "x": 10 + i, "y": 20, "label": i % 2}) for i in range(MAX_PROMPTS + 5)]
     assert all("error" not in a for a in accepted[:MAX_PROMPTS])
@@ -291,8 +303,13 @@ def test_the_hub_token_never_reaches_logs_or_messages(checkpoints, tmp_path):
             seen += [json.dumps(view), status, page.http.get(url + "/config").text, page.http.get(url + "/").text]
             client = Client(url, verbose=False)
             with pytest.raises(AppError) as err:
-                client.predict(image=handle_file(str(COFFEE)), points=[[1, 1]], labels=[1], model="sam-vit-large",
-                               api_name="/segment")
+                client.predict(
+                    image=handle_file(str(COFFEE)),
+                    points=[[1, 1]],
+                    labels=[1],
+                    model="sam-vit-large",
+                    api_name="/segment",
+                )
             seen.append(str(err.value))
             client.close()
             page.close()
