@@ -328,3 +328,12 @@ def test_cli_errors_do_not_print_the_token(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert out.returncode != 0 and "HF_HUB_OFFLINE" in out.stderr
     assert marker not in out.stdout + out.stderr
+
+
+def test_uploads_over_the_size_limit_are_refused(app, page):
+    from sam.limits import MAX_UPLOAD_MB
+
+    url, folder = app
+    r = page.http.post(f"{url}/gradio_api/upload", files={"files": ("big.png", b"\0" * ((MAX_UPLOAD_MB << 20) + 1))})
+    assert r.status_code == 413 and f"maximum allowed size of {MAX_UPLOAD_MB << 20} bytes" in r.text
+    assert not [p for p in (folder / "gradio").rglob("big.png")]
