@@ -44,30 +44,27 @@ class Conv2d_BN(nn.Module):  # noqa: N801 (mobile_sam's name)
         weight, bias = self.folded()
         return F.conv2d(x, weight, bias, self.c.stride, self.c.padding, groups=self.c.groups)
 
-    def linear(self, x: torch.Tensor) -> torch.Tensor:
-        """The 1x1 convolution on channels-last input: ...xC -> ...xC'."""
-        weight, bias = self.folded()
-        return F.linear(x, weight.flatten(1), bias)
-
 
 def conv_stack(x: torch.Tensor, conv1: Conv2d_BN, conv2: Conv2d_BN, conv3: Conv2d_BN) -> torch.Tensor:
     """conv3(gelu(conv2(gelu(conv1(x))))) for 1x1, 3x3 (stride 1 or 2), 1x1: BxHxWxC -> BxH'xW'xC'.
 
     Computed in bands of output rows; each band reads its input rows plus one row of context.
     """
+    (w1, b1), (w2, b2), (w3, b3) = conv1.folded(), conv2.folded(), conv3.folded()
+    w1, w3 = w1.flatten(1), w3.flatten(1)  # 1x1 convolutions on channels-last input are matrix products
     B, H, W, _ = x.shape
     s = conv2.c.stride[0]
     H2, W2 = (H - 1) // s + 1, (W - 1) // s + 1
-    out = x.new_empty(B, H2, W2, conv3.c.out_channels)
-    rows = max(1, BAND_BYTES // (B * W * conv1.c.out_channels * x.element_size() * s))
+    out = x.new_empty(B, H2, W2, w3.shape[0])
+    rows = max(1, BAND_BYTES // (B * W * w1.shape[0] * x.element_size() * s))
     for o0 in range(0, H2, rows):
         o1 = min(o0 + rows, H2)
         # input rows [a, b) cover the 3x3 neighbourhoods of output rows [o0, o1). a is a multiple of s, so the
         # band's output row j is output row a / s + j; rows at an inner band edge saw zero padding: not kept
         a, b = max(o0 * s - s, 0), min((o1 - 1) * s + 2, H)
-        y = gelu_(conv1.linear(x[:, a:b]))
-        y = gelu_(conv2(y.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
-        out[:, o0:o1] = conv3.linear(y[:, o0 - a // s : o1 - a // s])
+        y = gelu_(F.linear(x[:, a:b], w1, b1)).permute(0, 3, 1, 2)
+        y = gelu_(F.conv2d(y, w2, b2, s, 1, groups=w2.shape[0])).permute(0, 2, 3, 1)
+        out[:, o0:o1] = F.linear(y[:, o0 - a // s : o1 - a // s], w3, b3)
     return out
 
 
