@@ -58,7 +58,13 @@ def random_state_dict(model: torch.nn.Module, seed: int = 0) -> dict[str, torch.
     out = {}
     for name, t in model.state_dict().items():
         noise = torch.randn(t.shape, generator=g)
-        if "norm" in name or name.endswith(("neck.1.weight", "neck.3.weight")):
+        if not t.is_floating_point():
+            out[name] = t  # BatchNorm's num_batches_tracked
+        elif name.endswith("running_var"):
+            out[name] = 1.0 + 0.1 * noise.abs()  # a variance must stay positive
+        elif name.endswith("running_mean"):
+            out[name] = 0.1 * noise
+        elif "norm" in name or name.endswith(("neck.1.weight", "neck.3.weight")):
             out[name] = 1.0 + 0.1 * noise if name.endswith("weight") else 0.1 * noise
         elif "rel_pos" in name or "pos_embed" in name:
             out[name] = 0.5 * noise
