@@ -16,14 +16,17 @@ No prompt segments everything (`SamAutomaticMaskGenerator`).
 import glob
 import hashlib
 import inspect
+import math
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
+from .images import ImageError, load_image
 from .modeling.sam import Sam
 from .predictor import SamPredictor
 from .results import Results
@@ -89,11 +92,14 @@ class ImageReadError(ValueError):
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """An image file -> HxWx3 uint8 RGB, EXIF orientation applied; ImageReadError if it cannot be read."""
+    """An image file -> HxWx3 uint8 RGB as the user sees it; ImageReadError if it cannot be read.
+
+    Decoding is sam.images.load_image's (EXIF orientation, first frame, alpha on white, 16-bit scaled), with
+    PIL's own decompression-bomb limit instead of the app's upload limits.
+    """
     try:
-        with Image.open(path) as im:
-            return to_rgb(ImageOps.exif_transpose(im))
-    except (OSError, SyntaxError, ValueError) as e:  # PIL raises these for missing, truncated or foreign files
+        return load_image(path, max_pixels=Image.MAX_IMAGE_PIXELS or sys.maxsize, max_aspect=math.inf)
+    except ImageError as e:
         raise ImageReadError(f"cannot read image {path}: {e}") from e
 
 

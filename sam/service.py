@@ -106,7 +106,7 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 def model_info(name: str, model: Sam) -> dict[str, object]:
     """What the status line says about a model."""
     source = str(getattr(model, "weights_source", name))
-    precision = getattr(model, "precision", None) or str(next(model.parameters()).dtype).removeprefix("torch.")
+    precision = model.precision
     return {
         "name": name,
         "source": source,
@@ -117,12 +117,9 @@ def model_info(name: str, model: Sam) -> dict[str, object]:
 
 def load(name: str, precision: str = "float32") -> Sam:
     """load_model(name) with the image encoder in `precision` ('float32', 'bfloat16' or 'auto')."""
-    from .precision import resolve_dtype
     from .weights import load_model
 
-    dtype = resolve_dtype(precision)
-    model = load_model(name)
-    return model.set_precision(dtype) if dtype != torch.float32 else model
+    return load_model(name, dtype=precision)
 
 
 class Models:
