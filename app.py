@@ -18,9 +18,11 @@ from typing import Any
 
 import gradio as gr
 import numpy as np
+from starlette.middleware import Middleware
 
 from sam import limits
 from sam.app_session import AppSession, SessionRegistry
+from sam.body_limit import BodyLimit
 from sam.canvas import CanvasServer, SamCanvas, model_error
 from sam.images import ImageError, frame_count, load_image
 from sam.service import DEFAULT_MODEL, Models, Service, everything, everything_json, load, segment
@@ -254,8 +256,9 @@ def main(argv: list[str] | None = None) -> None:
     demo.queue(max_size=limits.QUEUE_SIZE, default_concurrency_limit=1)
     demo.launch(
         state_session_capacity=MAX_SESSIONS,
-        max_file_size=f"{limits.MAX_UPLOAD_MB}mb",
+        max_file_size=f"{limits.MAX_UPLOAD_MB}mb",  # uploads; BodyLimit bounds every other request body
         allowed_paths=[str(p) for p in EXAMPLES],
+        app_kwargs={"middleware": [Middleware(BodyLimit, max_bytes=limits.MAX_BODY_KB << 10)]},
     )
 
 

@@ -25,6 +25,7 @@ from .amg import (
     uncrop_boxes_xyxy,
     uncrop_points,
 )
+from .limits import Deadline
 from .modeling.sam import Sam
 from .predictor import ImageEmbedding, SamPredictor
 
@@ -100,6 +101,7 @@ class SamAutomaticMaskGenerator:
         image: np.ndarray,
         embedding: ImageEmbedding | None = None,
         progress: Callable[[int, int], None] | None = None,
+        deadline: Deadline | None = None,
     ) -> list[dict[str, Any]]:
         """Masks for an HxWx3 uint8 RGB image: a list of records, as segment-anything's generator.
 
@@ -108,6 +110,8 @@ class SamAutomaticMaskGenerator:
         stability_score, crop_box [x, y, w, h].
         embedding: the image's embedding if it was computed already (used for the whole-image crop).
         progress: called with (points done, points in total) after each batch of points.
+        deadline: checked between crops, batches of points and output masks; past it, the run stops with
+        sam.limits.TimeLimitError (the generator keeps no state from a stopped run).
         """
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -117,9 +121,11 @@ class SamAutomaticMaskGenerator:
             raise ValueError(f"the embedding is of an image of size {embedding.original_size}, not {orig_size}")
         crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
         total = sum(len(self.point_grids[layer]) for layer in layer_idxs)
-        counter = [0, total, progress]
+        counter = [0, total, progress, deadline]  # points done, points in all, callbacks
         parts, grids = [], []
         for i, (crop_box, layer) in enumerate(zip(crop_boxes, layer_idxs)):
+            if deadline is not None:
+                deadline.check(f"{counter[0]} of {total} points done")
             part, grid = self._process_crop(image, i, crop_box, layer, embedding if i == 0 else None, counter)
             grids.append(grid)
             if part is not None:
@@ -134,7 +140,7 @@ class SamAutomaticMaskGenerator:
             scores = 1 / crop_area[data["crop"]]
             keep = batched_nms(data["boxes"].float(), scores, torch.zeros(len(scores)), self.crop_nms_thresh)
             data = _take(data, keep)
-        return self._records(data, crop_boxes, grids, orig_size)
+        return self._records(data, crop_boxes, grids, orig_size, deadline)
 
     def predict_low_res(self, points: torch.Tensor, crop_box: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Bx2 points (model-input pixels of the crop the predictor holds) -> low-res logits BxMxhxw, IoU BxM.
@@ -163,14 +169,18 @@ class SamAutomaticMaskGenerator:
             self.predictor.set_image(cropped)
         points_for_image = self.point_grids[layer] * np.array(crop_size)[None, ::-1]
         parts, grid = [], None
-        for start in range(0, len(points_for_image), self.points_per_batch):
-            points = points_for_image[start : start + self.points_per_batch]
-            part, grid = self._process_batch(points, crop_size, crop_box, image.shape[:2])
-            parts.append(part)
-            counter[0] += len(points)
-            if counter[2] is not None:
-                counter[2](counter[0], counter[1])
-        self.predictor.reset_image()
+        try:
+            for start in range(0, len(points_for_image), self.points_per_batch):
+                points = points_for_image[start : start + self.points_per_batch]
+                part, grid = self._process_batch(points, crop_size, crop_box, image.shape[:2])
+                parts.append(part)
+                counter[0] += len(points)
+                if counter[2] is not None:
+                    counter[2](counter[0], counter[1])
+                if counter[3] is not None:
+                    counter[3].check(f"{counter[0]} of {counter[1]} points done")
+        finally:
+            self.predictor.reset_image()  # also when the deadline (or the progress callback) stops the run
         data = _cat(parts)
         if len(data["iou"]) == 0:
             return None, grid
@@ -235,12 +245,19 @@ class SamAutomaticMaskGenerator:
             start = end
 
     def _records(
-        self, data: Candidates, crop_boxes: list[list[int]], grids: list, orig_size: tuple[int, int]
+        self,
+        data: Candidates,
+        crop_boxes: list[list[int]],
+        grids: list,
+        orig_size: tuple[int, int],
+        deadline: Deadline | None = None,
     ) -> list[dict]:
         """Upsample the surviving masks one at a time, remove small regions, encode, write records."""
         h, w = orig_size
         segmentations, areas, boxes, changed = [], [], data["boxes"].tolist(), []
         for i, mask in enumerate(self._masks(data, grids)):
+            if deadline is not None:
+                deadline.check(f"every point done and {i} of {len(boxes)} masks written")
             x0, y0, x1, y1 = crop_boxes[int(data["crop"][i])]
             if (x0, y0, x1, y1) != (0, 0, w, h):
                 full = np.zeros((h, w), dtype=bool)

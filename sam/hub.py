@@ -3,7 +3,9 @@
 huggingface_hub keeps its usual behaviour: the cache (HF_HOME / HF_HUB_CACHE), HF_TOKEN, HF_ENDPOINT,
 HF_HUB_OFFLINE, revision pinning and its progress bar. On top of it, a file fetched for the first time
 is checked against the sha256 the Hub gives as its ETag (large files), so a corrupted download is caught
-and removed instead of failing later with an obscure unpickling error.
+and removed instead of failing later with an obscure unpickling error. Before a file that is not cached is
+fetched, one request with a short timeout checks that the Hub answers at all: huggingface_hub would retry a
+silent Hub for about six and a half minutes (six tries of 60 s, whatever HF_HUB_ETAG_TIMEOUT says).
 """
 
 import hashlib
@@ -40,6 +42,8 @@ def download(repo_id: str, filename: str, *, revision: str | None = None, force_
     what = f"{filename} from {repo_id}" + (f" (revision {revision})" if revision else "")
     try:
         cached = try_to_load_from_cache(repo_id, filename, revision=revision)
+        if (force_download or not isinstance(cached, str)) and not offline:
+            _probe(repo_id, filename, revision, what)
         path = hf_hub_download(repo_id, filename, revision=revision, force_download=force_download)
     except e.GatedRepoError as err:
         raise WeightsError(
@@ -55,15 +59,19 @@ def download(repo_id: str, filename: str, *, revision: str | None = None, force_
         ) from err
     except e.RevisionNotFoundError as err:
         raise WeightsError(f"revision {revision!r} not found in {repo_id} on {endpoint} (HTTP 404)") from err
+    except WeightsError:
+        raise
     except e.LocalEntryNotFoundError as err:
         if offline:
             raise WeightsError(
                 f"HF_HUB_OFFLINE is set and {what} is not in the cache ({cache}). Unset HF_HUB_OFFLINE to "
                 "download it once, or pass a local file or folder to load_model."
             ) from err
-        raise WeightsError(
-            f"could not reach the Hub at {endpoint} to download {what}, and it is not cached. {_FIX}"
-        ) from err
+        reason = _reason(err)
+        failed = f"the Hub at {endpoint} answered {reason} for" if reason.startswith("HTTP") else (
+            f"could not reach the Hub at {endpoint} ({reason}) to download"
+        )
+        raise WeightsError(f"{failed} {what}, and it is not cached. {_FIX}") from err
     except e.EntryNotFoundError as err:
         hint = " (a repo id alone means the transformers layout; name the file: owner/name/path/to/file)"
         raise WeightsError(
@@ -80,7 +88,48 @@ def download(repo_id: str, filename: str, *, revision: str | None = None, force_
     return Path(path)
 
 
-def _status(err: Exception) -> int | str:
+def _probe(repo_id: str, filename: str, revision: str | None, what: str) -> None:
+    """One HEAD request for the file, without retries, timing out after HF_HUB_ETAG_TIMEOUT (10 s by default).
+
+    Only a timeout is final here (a Hub that accepts connections but never answers); any other outcome is left
+    to hf_hub_download, which retries what is worth retrying and raises its usual errors.
+    """
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+
+    timeout = constants.HF_HUB_ETAG_TIMEOUT
+    try:
+        get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision), timeout=timeout)
+    except Exception as err:
+        if _is_timeout(err):
+            raise WeightsError(
+                f"the Hub at {constants.ENDPOINT} did not answer within {timeout:g} s (HF_HUB_ETAG_TIMEOUT) to "
+                f"download {what}. {_FIX} With the files cached, HF_HUB_OFFLINE=1 needs no Hub at all."
+            ) from err
+
+
+def _is_timeout(err: BaseException) -> bool:
+    """A timeout of huggingface_hub's HTTP client (httpx2's TimeoutException) or of the socket."""
+    return isinstance(err, TimeoutError) or any(c.__name__ == "TimeoutException" for c in type(err).__mro__)
+
+
+def _reason(err: BaseException) -> str:
+    """What went wrong under a huggingface_hub error: the HTTP status, a timeout or the network error."""
+    seen: BaseException | None = err
+    for _ in range(8):  # the chain of causes, not too deep
+        seen = seen.__cause__ or seen.__context__
+        if seen is None:
+            break
+        status = _status(seen)
+        if status != "?":
+            return f"HTTP {status}"
+        if _is_timeout(seen):
+            return "no answer in time"
+        if any(c.__name__ in ("ConnectError", "NetworkError") for c in type(seen).__mro__):
+            return f"{type(seen).__name__}: {seen}"[:200]
+    return "no answer"
+
+
+def _status(err: BaseException) -> int | str:
     response = getattr(err, "response", None)
     return getattr(response, "status_code", "?")
 

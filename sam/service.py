@@ -21,19 +21,20 @@ import numpy as np
 import torch
 
 from .images import load_image, prepare
-from .limits import MAX_PIXELS, MAX_PROMPTS
+from .limits import EVERYTHING_TIMEOUT_S, MAX_PIXELS, MAX_PROMPTS, Deadline
 from .modeling.sam import Sam
 from .predictor import ImageEmbedding, SamPredictor
 
 DEFAULT_MODEL = "sam-vit-base"
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_int(name: str, default: int, kind: type = int) -> int | float:
+    """The environment variable `name` as an int (or `kind`), `default` when unset or empty."""
     value = os.environ.get(name, "").strip()
     try:
-        return int(value) if value else default
+        return kind(value) if value else default
     except ValueError:
-        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+        raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}") from None
 
 
 @contextlib.contextmanager
@@ -191,6 +192,7 @@ class Service:
         decode_slots: int = 2,
         decode_threads: int | None = None,
         embed_threads: int | None = None,
+        everything_timeout_s: float | None = None,
     ) -> None:
         self.models = models or Models(max_models=_env_int("SAM_MAX_MODELS", 2))
         nbytes = lambda e: e.nbytes  # noqa: E731
@@ -206,6 +208,11 @@ class Service:
         self._decode_slots = threading.BoundedSemaphore(decode_slots)
         self.decode_threads = decode_threads or _env_int("SAM_DECODE_THREADS", 1)
         self.embed_threads = embed_threads or _env_int("SAM_EMBED_THREADS", torch.get_num_threads())
+        self.everything_timeout_s = everything_timeout_s or _env_int(
+            "SAM_EVERYTHING_TIMEOUT_S", EVERYTHING_TIMEOUT_S, float
+        )
+        if not 0 < self.everything_timeout_s < float("inf"):
+            raise ValueError(f"SAM_EVERYTHING_TIMEOUT_S must be a positive number, got {self.everything_timeout_s}")
 
     # images -----------------------------------------------------------------------------------------
     def add_image(self, image: np.ndarray) -> str:
@@ -315,8 +322,6 @@ class Decoder:
         return (masks[0] > self.model.mask_threshold).numpy()
 
 
-
-
 def _prompt_arrays(points, labels, box) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """Validate API prompts: points [[x, y], ...], labels [1 or 0, ...], box [x0, y0, x1, y1]."""
     try:
@@ -399,7 +404,8 @@ def everything(
     """Segment everything in a kept image (sam.automatic with Meta's defaults unless overridden).
 
     Records as SamAutomaticMaskGenerator's with output_mode="uncompressed_rle", best predicted IoU first.
-    It runs under the embedding lock: like an embedding, it keeps both cores busy for a while.
+    It runs under the embedding lock: like an embedding, it keeps both cores busy for a while; past
+    `service.everything_timeout_s` of its own work it stops with sam.limits.TimeLimitError (a ValueError).
     """
     from .automatic import SamAutomaticMaskGenerator
 
@@ -409,7 +415,11 @@ def everything(
         service.models.get(model_name), output_mode="uncompressed_rle", **generator_args
     )
     with service._embed_lock, torch_threads(service.embed_threads):
-        records = generator.generate(image, embedding=embedded.embedding, progress=progress)
+        deadline = Deadline(
+            service.everything_timeout_s, "segment everything", "SAM_EVERYTHING_TIMEOUT_S",
+            "nothing was changed. Use fewer points per side, or click the objects one by one.",
+        )
+        records = generator.generate(image, embedding=embedded.embedding, progress=progress, deadline=deadline)
     return sorted(records, key=lambda r: -r["predicted_iou"])
 
 

@@ -1,10 +1,15 @@
-"""Hub faults that tests/test_hub.py does not cover: server errors, a download cut off by a killed process,
-a wrong token, and the app itself facing a broken, gated, missing or absent Hub (page up, clear status).
+"""Hub faults that tests/test_hub.py does not cover: server errors, a Hub that never answers, a download cut off
+by a killed process, a wrong token, and the app itself facing a broken, gated, missing, silent or absent Hub
+(page up, clear status).
 """
 
+import socket
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -56,6 +61,28 @@ def failing_server(status: int) -> ThreadingHTTPServer:
     return server
 
 
+@contextmanager
+def silent_server() -> Iterator[str]:
+    """A Hub behind a stuck proxy: accepts connections on loopback and never answers; yields its URL."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(listener.accept()[0])
+            except OSError:  # closed
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+
+
 def point_hub_at(monkeypatch, url: str) -> None:
     monkeypatch.setattr(constants, "ENDPOINT", url)
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
@@ -75,9 +102,31 @@ def test_server_errors_give_a_clear_error_and_are_not_remembered(
         broken.shutdown()
         broken.server_close()
     message = str(err.value)
-    assert "facebook/sam-vit-base" in message and "127.0.0.1" in message
+    assert "facebook/sam-vit-base" in message and "127.0.0.1" in message and f"answered HTTP {status}" in message
     assert "network" in message and "local file or folder" in message
     point_hub_at(monkeypatch, local_hub.url)  # the Hub is back: the next try downloads
+    assert load_model("sam-vit-base").weights_source == "sam-vit-base (facebook/sam-vit-base)"
+
+
+@pytest.mark.parametrize("timeout", [None, 2])
+def test_a_hub_that_never_answers_fails_in_bounded_time(local_hub, checkpoints, monkeypatch, timeout):
+    """huggingface_hub alone retries a silent Hub for about 6.5 minutes (six tries of 60 s); sam.hub gives up
+    after one try of HF_HUB_ETAG_TIMEOUT (default 10 s)."""
+    local_hub.add(BASE, checkpoints.transformers("tiny"))
+    if timeout is not None:
+        monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", timeout)
+    expected = timeout or constants.HF_HUB_ETAG_TIMEOUT
+    with silent_server() as url:
+        point_hub_at(monkeypatch, url)
+        start = time.monotonic()
+        with pytest.raises(WeightsError) as err:
+            load_model("sam-vit-base")
+        seconds = time.monotonic() - start
+    assert expected - 0.5 < seconds < expected + 10, seconds
+    message = str(err.value)
+    assert message.startswith(f"the Hub at {url} did not answer within {expected} s (HF_HUB_ETAG_TIMEOUT)")
+    assert "config.json from facebook/sam-vit-base" in message and "HF_HUB_OFFLINE=1" in message
+    point_hub_at(monkeypatch, local_hub.url)  # the Hub answers again: the next try downloads
     assert load_model("sam-vit-base").weights_source == "sam-vit-base (facebook/sam-vit-base)"
 
 
@@ -177,3 +226,19 @@ def test_the_app_offline_with_a_warm_cache(checkpoints, tmp_path):
         assert "HF_HUB_OFFLINE is set" in view["error"]
         client.close()
         page.close()
+
+
+def test_the_app_with_a_hub_that_never_answers(tmp_path):
+    """The page loads at once and its status line says the Hub did not answer, within the timeout's bound."""
+    with silent_server() as hub_url:
+        env = {**hub_env(hub_url, tmp_path / "hf"), "HF_HUB_ETAG_TIMEOUT": "3"}
+        with run_app(["--model", "sam-vit-base"], env, tmp_path / "app.log") as url:
+            page = PageClient(url)
+            assert page.http.get(url + "/").status_code == 200
+            start = time.monotonic()
+            (status,) = page.event("on_load", [])
+            assert time.monotonic() - start < 15
+            assert "Could not load **sam-vit-base**" in status and f"{hub_url} did not answer within 3 s" in status
+            view, status = page.event("on_model", [None, "mobile-sam"])  # another model: the same, as quickly
+            assert "did not answer within 3 s" in view["error"] and time.monotonic() - start < 30
+            page.close()
