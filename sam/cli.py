@@ -8,12 +8,15 @@ as one line starting with "error: ", skipped images as "warning: ". Results are 
 import argparse
 import json
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 EXIT_OK, EXIT_USAGE, EXIT_MODEL, EXIT_IMAGES = 0, 2, 3, 4
 DEFAULT_MODEL = "sam-vit-base"
+T = TypeVar("T")
 
 
 class CliError(Exception):
@@ -45,7 +48,8 @@ def _load(model: str, device: str):
         raise CliError(f"cannot load model {model!r}: {e}", EXIT_MODEL) from e
 
 
-def _images(source: str) -> list[Path]:
+def find_images(source: str) -> list[Path]:
+    """The image files of a file, folder or glob; none found: CliError with EXIT_IMAGES."""
     from .api import list_images
 
     try:
@@ -60,8 +64,29 @@ def _progress(items: list, desc: str):
     return tqdm(items, desc=desc, unit="image", disable=len(items) < 2, file=sys.stderr)
 
 
+def read_images(paths: list[Path], extras: Iterable[T], desc: str) -> Iterator[tuple[Path, np.ndarray, T]]:
+    """(path, HxWx3 uint8 image, extra) for each readable image, in order, with a progress bar named desc.
+
+    An unreadable file gets a "warning: ..." line on stderr and is skipped; once all are done, a CliError
+    with EXIT_IMAGES says how many could not be read.
+    """
+    from .api import ImageReadError, read_image
+
+    unreadable = 0
+    for path, extra in _progress(list(zip(paths, extras)), desc):
+        try:
+            image = read_image(path)
+        except ImageReadError as e:
+            print(f"warning: {e}", file=sys.stderr)
+            unreadable += 1
+            continue
+        yield path, image, extra
+    if unreadable:
+        raise CliError(f"{unreadable} of {len(paths)} images could not be read", EXIT_IMAGES)
+
+
 def run_predict(args: argparse.Namespace) -> int:
-    from .api import ImageReadError, prompt_batch, read_image
+    from .api import prompt_batch
     from .export import mask_png, unique_names
 
     points, labels, boxes = args.points, args.labels, args.bboxes
@@ -77,17 +102,10 @@ def run_predict(args: argparse.Namespace) -> int:
         prompt_batch(points, labels, boxes)
     except ValueError as e:
         raise CliError(str(e), EXIT_USAGE) from e
-    paths = _images(args.source)
+    paths = find_images(args.source)
     model = _load(args.model, args.device)
     output = Path(args.output)
-    unreadable = 0
-    for path, stem in zip(_progress(paths, "predict"), unique_names([p.stem for p in paths])):
-        try:
-            image = read_image(path)
-        except ImageReadError as e:
-            print(f"warning: {e}", file=sys.stderr)
-            unreadable += 1
-            continue
+    for path, image, stem in read_images(paths, unique_names([p.stem for p in paths]), "predict"):
         result = model(image, bboxes=boxes, points=points, labels=labels, multimask_output=args.multimask)[0]
         folder = output / stem
         (folder / "masks").mkdir(parents=True, exist_ok=True)
@@ -98,8 +116,6 @@ def run_predict(args: argparse.Namespace) -> int:
         (folder / "annotations.json").write_text(json.dumps(coco), encoding="utf-8")
         scores = " ".join(f"{s:.3f}" for s in np.asarray(result.scores))
         print(f"{path}: {len(result)} masks (scores {scores or '-'}) -> {folder}")
-    if unreadable:
-        raise CliError(f"{unreadable} of {len(paths)} images could not be read", EXIT_IMAGES)
     return EXIT_OK
 
 
@@ -107,7 +123,7 @@ def run_annotate(args: argparse.Namespace) -> int:
     from .annotate import auto_annotate, ultralytics_detector
     from .api import ImageReadError
 
-    _images(args.data)
+    find_images(args.data)
     if args.det_labels is not None:
         if not Path(args.det_labels).is_dir():
             raise CliError(f"--det-labels: no such folder: {args.det_labels}", EXIT_USAGE)

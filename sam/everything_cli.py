@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from .cli import DEFAULT_MODEL, EXIT_IMAGES, EXIT_MODEL, EXIT_OK, EXIT_USAGE, CliError
+from .cli import DEFAULT_MODEL, EXIT_MODEL, EXIT_OK, EXIT_USAGE, CliError, find_images, read_images
 
 METADATA_HEADER = (
     "id,area,bbox_x0,bbox_y0,bbox_w,bbox_h,point_input_x,point_input_y,predicted_iou,stability_score,"
@@ -66,15 +66,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .api import ImageReadError, list_images, read_image
     from .automatic import SamAutomaticMaskGenerator
     from .export import unique_names
     from .weights import load_model
 
-    try:
-        paths = list_images(args.source)
-    except FileNotFoundError as e:
-        raise CliError(str(e), EXIT_IMAGES) from e
+    paths = find_images(args.source)
     output = Path(args.output)
     names = unique_names([p.stem for p in paths])
     targets = [output / (n + ".json" if args.format == "coco" else n) for n in names]
@@ -92,15 +88,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise CliError(str(e), EXIT_USAGE) from e
     output.mkdir(parents=True, exist_ok=True)
-    unreadable = 0
-    images = tqdm(list(zip(paths, targets)), desc="everything", unit="image", disable=len(paths) < 2, file=sys.stderr)
-    for path, target in images:
-        try:
-            image = read_image(path)
-        except ImageReadError as e:
-            print(f"warning: {e}", file=sys.stderr)
-            unreadable += 1
-            continue
+    for path, image, target in read_images(paths, targets, "everything"):
         with tqdm(desc=path.name, unit="point", leave=False, file=sys.stderr, disable=len(paths) > 1) as bar:
 
             def progress(done: int, total: int, bar=bar) -> None:
@@ -113,8 +101,6 @@ def run(args: argparse.Namespace) -> int:
         else:
             write_masks_to_folder(records, target)
         print(f"{path}: {len(records)} masks -> {target}")
-    if unreadable:
-        raise CliError(f"{unreadable} of {len(paths)} images could not be read", EXIT_IMAGES)
     return EXIT_OK
 
 
