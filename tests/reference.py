@@ -1,4 +1,5 @@
-"""Meta's reference model built with the same configuration and the same random weights as ours."""
+"""Meta's reference model built with the same configuration and the same random weights as ours, and what
+the parity tests share: tolerances, prompts, the comparison of two predictions."""
 
 from functools import partial
 
@@ -7,6 +8,46 @@ import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from sam.build import SamConfig, ViTConfig, build_sam
+
+RTOL = 1e-4  # relative L2 tolerance of embeddings, low-res logits and scores
+MASK_TOL = 1e-3  # masks may differ where the reference logit lies within this of 0
+
+
+def rel_err(ours: "np.typing.ArrayLike | torch.Tensor", ref: "np.typing.ArrayLike | torch.Tensor") -> float:
+    """||ours - ref|| / ||ref|| (L2 over all entries, in float64)."""
+    ours, ref = torch.as_tensor(np.asarray(ours, dtype=np.float64)), torch.as_tensor(np.asarray(ref, np.float64))
+    return float((ours - ref).norm() / ref.norm().clamp_min(1e-12))
+
+
+def assert_same_prediction(ref_out: tuple, our_out: tuple, ref_logits: np.ndarray, our_masks: np.ndarray) -> None:
+    """Two predictors' (masks CxHxW, scores C, low-res logits Cx256x256) agree to RTOL, masks off MASK_TOL.
+
+    our_masks: the masks of a second identical call, which must equal the first.
+    """
+    ref_masks, ref_scores, ref_low = ref_out
+    masks, scores, low = our_out
+    assert masks.shape == ref_masks.shape and masks.dtype == ref_masks.dtype == bool
+    assert scores.shape == ref_scores.shape and low.shape == ref_low.shape
+    assert rel_err(scores, ref_scores) < RTOL
+    assert rel_err(low, ref_low) < RTOL
+    decided = np.abs(ref_logits) > MASK_TOL
+    assert np.array_equal(masks[decided], ref_masks[decided])
+    assert np.array_equal(our_masks, masks)
+
+
+# prompts on a 200x300 (WxH) image, named
+PROMPTS = {
+    "one point": dict(point_coords=np.array([[120, 80]]), point_labels=np.array([1])),
+    "points with negatives": dict(
+        point_coords=np.array([[120, 80], [40, 250], [150, 20], [10, 10]]), point_labels=np.array([1, 1, 0, 0])
+    ),
+    "box": dict(box=np.array([20, 30, 170, 260])),
+    "box and points": dict(
+        box=np.array([20, 30, 170, 260]), point_coords=np.array([[100, 100], [60, 200]]), point_labels=[1, 0]
+    ),
+    "single mask": dict(point_coords=np.array([[120, 80]]), point_labels=np.array([1]), multimask_output=False),
+    "box single mask": dict(box=np.array([0, 0, 199, 299]), multimask_output=False),
+}
 
 TINY = SamConfig(ViTConfig(embed_dim=64, depth=4, num_heads=4, global_attn_indexes=(1, 3), window_size=4), img_size=256)
 

@@ -1,8 +1,8 @@
 """Parity with Meta's segment-anything: same random weights, same image, same prompts, same numbers (fp32).
 
-Tolerance: embeddings, low-res logits and scores agree to RTOL = 1e-4 relative (L2 norm of the
-difference over the L2 norm of the reference); masks are equal except at pixels whose reference
-logit lies within MASK_TOL of the 0 threshold.
+Tolerances (tests/reference.py): embeddings, low-res logits and scores agree to RTOL = 1e-4 relative
+(L2 norm of the difference over the L2 norm of the reference); masks are equal except at pixels whose
+reference logit lies within MASK_TOL of the 0 threshold.
 """
 
 import numpy as np
@@ -11,27 +11,7 @@ import torch
 from segment_anything import SamPredictor as MetaPredictor
 
 from sam import CONFIGS, SamPredictor
-from tests.reference import TINY, test_image, twin_models
-
-RTOL = 1e-4
-MASK_TOL = 1e-3
-
-
-def rel_err(ours, ref) -> float:
-    ours, ref = torch.as_tensor(np.asarray(ours, dtype=np.float64)), torch.as_tensor(np.asarray(ref, np.float64))
-    return float((ours - ref).norm() / ref.norm().clamp_min(1e-12))
-
-
-def assert_same_prediction(ref_out, our_out, ref_logits, our_masks) -> None:
-    ref_masks, ref_scores, ref_low = ref_out
-    masks, scores, low = our_out
-    assert masks.shape == ref_masks.shape and masks.dtype == ref_masks.dtype == bool
-    assert scores.shape == ref_scores.shape and low.shape == ref_low.shape
-    assert rel_err(scores, ref_scores) < RTOL
-    assert rel_err(low, ref_low) < RTOL
-    decided = np.abs(ref_logits) > MASK_TOL
-    assert np.array_equal(masks[decided], ref_masks[decided])
-    assert np.array_equal(our_masks, masks)
+from tests.reference import MASK_TOL, PROMPTS, RTOL, TINY, assert_same_prediction, rel_err, test_image, twin_models
 
 
 @pytest.fixture(scope="module")
@@ -42,20 +22,6 @@ def tiny_pair():
     meta.set_image(image)
     pred.set_image(image)
     return meta, pred
-
-
-PROMPTS = {
-    "one point": dict(point_coords=np.array([[120, 80]]), point_labels=np.array([1])),
-    "points with negatives": dict(
-        point_coords=np.array([[120, 80], [40, 250], [150, 20], [10, 10]]), point_labels=np.array([1, 1, 0, 0])
-    ),
-    "box": dict(box=np.array([20, 30, 170, 260])),
-    "box and points": dict(
-        box=np.array([20, 30, 170, 260]), point_coords=np.array([[100, 100], [60, 200]]), point_labels=[1, 0]
-    ),
-    "single mask": dict(point_coords=np.array([[120, 80]]), point_labels=np.array([1]), multimask_output=False),
-    "box single mask": dict(box=np.array([0, 0, 199, 299]), multimask_output=False),
-}
 
 
 def test_embedding_matches(tiny_pair):

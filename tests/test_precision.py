@@ -10,8 +10,7 @@ import torch
 from sam import SamPredictor
 from sam.build import SamConfig, ViTConfig, build_sam
 from sam.precision import bf16_is_fast, resolve_dtype
-from tests.reference import meta_sam, test_image, twin_models
-from tests.test_parity_meta import PROMPTS, rel_err
+from tests.reference import PROMPTS, meta_sam, rel_err, test_image, twin_models
 
 # ViT-B's width and depth at a small input, so the test stays fast on any CPU.
 VIT_B_SMALL = SamConfig(ViTConfig(768, 12, 12, (2, 5, 8, 11)), img_size=256)

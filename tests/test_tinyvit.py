@@ -1,7 +1,7 @@
 """MobileSAM (TinyViT encoder) parity with mobilesam-mirror's `vit_t`: same random weights, same numbers.
 
 mobile_sam's TinyViT only runs at its published size (1024 input, 64x64 embedding), so the parity
-runs are full size. Tolerances as in test_parity_meta: 1e-4 relative (L2) on embeddings, low-res
+runs are full size. Tolerances as in tests/reference.py: 1e-4 relative (L2) on embeddings, low-res
 logits and scores, masks equal except where the reference logit is within MASK_TOL of 0. The bf16
 checks run on a 128-pixel encoder to stay fast on CPUs without native bf16.
 """
@@ -17,8 +17,7 @@ from sam import SamPredictor, build_sam
 from sam.modeling import tiny_vit
 from sam.modeling.tiny_vit import TinyViT
 from sam.transforms import ResizeLongestSide
-from tests.reference import test_image
-from tests.test_parity_meta import RTOL, assert_same_prediction, rel_err
+from tests.reference import RTOL, assert_same_prediction, rel_err, test_image
 
 with warnings.catch_warnings():  # mobile_sam imports timm's deprecated module paths
     warnings.simplefilter("ignore")
