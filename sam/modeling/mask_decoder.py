@@ -78,31 +78,38 @@ class MaskDecoder(nn.Module):
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : (1 + self.num_mask_tokens), :]
 
-        upscaled = self.upscale(src.reshape(-1, h, w, c))  # B x 4h x 4w x c/8
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
-        masks = (hyper_in @ upscaled.flatten(1, 2).transpose(1, 2)).view(B, -1, 4 * h, 4 * w)
+        masks = self.upscale_masks(src.reshape(-1, h, w, c), hyper_in)
         return masks, self.iou_prediction_head(iou_token_out)
 
-    def upscale(self, x: torch.Tensor) -> torch.Tensor:
-        """output_upscaling on channels-last input: BxHxWxC -> Bx4Hx4WxC/8.
+    def upscale_masks(self, src: torch.Tensor, hyper_in: torch.Tensor) -> torch.Tensor:
+        """output_upscaling, then each mask token's product with it: src BxHxWxC, hyper_in BxMxC/8 -> BxMx4Hx4W.
 
-        A 2x2 transposed convolution with stride 2 is one matrix product per pixel followed by a pixel
-        shuffle; written so, it runs several times faster on CPUs than the convolution kernel.
+        A 2x2 transposed convolution with stride 2 is one matrix product per pixel (several times faster on
+        CPUs than the convolution kernel). Each pixel's 2x2 outputs stay beside it through both
+        convolutions; only the M masks are moved to their places, not the 4Hx4WxC/8 features.
         """
+        B, H, W, _ = src.shape
         conv1, norm, act1, conv2, act2 = self.output_upscaling
-        x = act1(F.layer_norm(conv_transpose_2x2(x, conv1), (x.shape[-1] // 4,), norm.weight, norm.bias, norm.eps))
-        return act2(conv_transpose_2x2(x, conv2))
+        x = subpixel_conv(src, conv1)  # B x H x W x 4 x C/4
+        x = act1(F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps))
+        x = act2(subpixel_conv(x, conv2))  # B x H x W x 4 x 4 x C/8
+        masks = x.flatten(1, -2) @ hyper_in.transpose(1, 2)  # B x (H W 4 4) x M
+        # output pixel (4h + 2a1 + a2, 4w + 2b1 + b2) of subpixels (a1, b1) then (a2, b2)
+        masks = masks.view(B, H, W, 2, 2, 2, 2, -1).permute(0, 7, 1, 3, 5, 2, 4, 6)
+        return masks.reshape(B, -1, 4 * H, 4 * W)
 
 
-def conv_transpose_2x2(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
-    """ConvTranspose2d(kernel_size=2, stride=2) on channels-last input: BxHxWxCin -> Bx2Hx2WxCout."""
-    B, H, W, _ = x.shape
-    cout = conv.weight.shape[1]
-    y = x @ conv.weight.flatten(1)  # B x H x W x (cout*2*2), weight is cin x cout x 2 x 2
-    y = y.view(B, H, W, cout, 2, 2).permute(0, 1, 4, 2, 5, 3).reshape(B, 2 * H, 2 * W, cout)
-    return y + conv.bias
+def subpixel_conv(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
+    """ConvTranspose2d(kernel_size=2, stride=2) on channels-last input: ...xCin -> ...x4xCout.
+
+    Output subpixel 2a + b of a pixel is output pixel (2i + a, 2j + b) of the convolution.
+    """
+    cin, cout = conv.weight.shape[:2]  # the weight is cin x cout x 2 x 2
+    weight = conv.weight.permute(2, 3, 1, 0).reshape(4 * cout, cin)
+    return F.linear(x, weight, conv.bias.repeat(4)).unflatten(-1, (4, cout))
 
 
 class MLP(nn.Module):

@@ -56,9 +56,14 @@ class Sam(nn.Module):
         return self
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Bx3xSxS fp32 preprocessed pixels -> BxCxhxw fp32 image embedding."""
+        """Bx3xSxS fp32 preprocessed pixels -> BxCxhxw fp32 image embedding, stored channels-last.
+
+        Channels-last is the layout the mask decoder reads (a row of C values per position), so no click
+        pays for a transposing copy of the embedding.
+        """
         mixed = hasattr(self.image_encoder, "set_precision")  # takes fp32 input and casts inside
-        return self.image_encoder(x if mixed else x.to(self.encoder_dtype)).float()
+        features = self.image_encoder(x if mixed else x.to(self.encoder_dtype)).float()
+        return features.contiguous(memory_format=torch.channels_last)
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Bx3xHxW uint8/float pixels (long side already resized) -> normalised, padded Bx3xSxS."""

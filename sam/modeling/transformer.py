@@ -38,13 +38,13 @@ class TwoWayTransformer(nn.Module):
 
         Returns (BxNxC tokens, Bx(hw)xC image).
         """
-        keys = image_embedding.flatten(2).transpose(1, 2)
-        key_pe = image_pe.flatten(2).transpose(1, 2)
+        keys = image_embedding.flatten(2).transpose(1, 2).contiguous()  # every image-side op runs on rows
+        key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
         queries = point_embedding
         for layer in self.layers:
             queries, keys = layer(queries, keys, point_embedding, key_pe)
         q = queries + point_embedding
-        queries = queries + self.final_attn_token_to_image(q, keys + key_pe, keys)
+        queries = queries + self.final_attn_token_to_image.tokens_to_image(q, keys + key_pe, keys)
         return self.norm_final_attn(queries), keys
 
 
@@ -83,16 +83,22 @@ class TwoWayAttentionBlock(nn.Module):
 
         q = queries + query_pe
         k = keys + key_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys))
+        queries = self.norm2(queries + self.cross_attn_token_to_image.tokens_to_image(q, k, keys))
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries))
+        keys = self.norm4(self.cross_attn_image_to_token.image_to_tokens(k, q, queries, residual=keys))
         return queries, keys
 
 
 class Attention(nn.Module):
-    """Attention that may project to a smaller internal width (downsample_rate)."""
+    """Attention that may project to a smaller internal width (downsample_rate).
+
+    Between a few tokens and a per-prompt image, `tokens_to_image` and `image_to_tokens` give the same
+    result as `forward` with the products reassociated: the query (or output) projection is folded into
+    the few token vectors instead of projecting all h*w image vectors of every prompt. With N tokens and
+    H heads that costs H*N instead of internal_dim multiply-adds per image vector and channel.
+    """
 
     def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
         super().__init__()
@@ -108,6 +114,10 @@ class Attention(nn.Module):
         b, n, c = x.shape
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
+    def _per_head(self, weight: torch.Tensor) -> torch.Tensor:
+        """A projection's internal_dim x C weight as heads x head_dim x C."""
+        return weight.view(self.num_heads, -1, weight.shape[-1])
+
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """BxNqxC, BxNkxC, BxNkxC -> BxNqxC."""
         q = self._separate_heads(self.q_proj(q))
@@ -117,3 +127,44 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(q.expand(b, -1, -1, -1), k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1))
         b, h, n, c = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
+
+    def tokens_to_image(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Tokens attend to the image: q BxNxC; k, v BxLxC, or 1xLxC when shared by all prompts -> BxNxC."""
+        (b, n), h = q.shape[:2], self.num_heads
+        if b * h * n >= k.shape[0] * self.internal_dim:  # projecting the image side is cheaper
+            return self(q, k, v)
+        qh = self._separate_heads(self.q_proj(q)) * (self.internal_dim // h) ** -0.5
+        # q . (Wk x + bk) = (Wk^T q) . x + const: the key bias shifts a softmax row and drops out
+        qk = torch.einsum("bhnd,hdc->bhnc", qh, self._per_head(self.k_proj.weight)).flatten(1, 2)
+        attn = torch.softmax(qk @ k.transpose(1, 2), dim=-1)  # B x HN x L
+        # softmax rows sum to one, so attn @ (Wv x + bv) = Wv (attn @ x) + bv
+        out = torch.einsum("bhnc,hdc->bnhd", (attn @ v).view(b, h, n, -1), self._per_head(self.v_proj.weight))
+        return self.out_proj(out.flatten(2) + self.v_proj.bias)
+
+    def image_to_tokens(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The image attends to tokens: q BxLxC or 1xLxC (shared by all prompts); k, v BxNxC -> BxLxC.
+
+        With a residual (BxLxC or 1xLxC) returns residual + attention, added in the last product.
+        """
+        (b, n), h = k.shape[:2], self.num_heads
+        if 2 * b * h * n >= (q.shape[0] + b) * self.internal_dim:  # projecting the image side is cheaper
+            out = self(q, k, v)
+            return out if residual is None else residual + out
+        kh = self._separate_heads(self.k_proj(k)) * (self.internal_dim // h) ** -0.5  # B x H x N x d
+        kq = torch.einsum("bhnd,hdc->bhnc", kh, self._per_head(self.q_proj.weight)).flatten(1, 2)  # B x HN x C
+        bias = (kh @ self.q_proj.bias.view(h, -1, 1)).flatten(1, 2)  # B x HN x 1, the query bias . k
+        if q.shape[0] == 1:  # one product for all prompts
+            scores = torch.addmm(bias.flatten(0, 1), kq.flatten(0, 1), q[0].T).view(b, h * n, -1)
+        else:
+            scores = torch.baddbmm(bias, kq, q.transpose(1, 2))  # B x HN x L
+        attn = torch.softmax(scores.view(b, h, n, -1), dim=2).view(b, h * n, -1)  # over each head's tokens
+        vh = self._separate_heads(self.v_proj(v))  # B x H x N x d
+        # The output projection goes into each head's values; each head's weights sum to one over its
+        # tokens, so bias / H on every value row adds the output bias once.
+        vo = torch.einsum("bhnd,chd->bhnc", vh, self.out_proj.weight.view(-1, h, vh.shape[-1]))
+        vo = (vo + self.out_proj.bias / h).flatten(1, 2)  # B x HN x C
+        if residual is None:
+            return attn.transpose(1, 2) @ vo
+        return torch.baddbmm(residual, attn.transpose(1, 2), vo)
