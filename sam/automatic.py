@@ -146,9 +146,11 @@ class SamAutomaticMaskGenerator:
         """Bx2 points (model-input pixels of the crop the predictor holds) -> low-res logits BxMxhxw, IoU BxM.
 
         The one place the model is asked for masks; crop_box (x0, y0, x1, y1 in the image) is unused here.
+        Masks that cannot pass pred_iou_thresh are not computed (their logits are -inf).
         """
         labels = torch.ones(len(points), 1, dtype=torch.int, device=points.device)
-        return self.predictor.decode((points[:, None, :], labels), None, None, multimask_output=True)
+        min_iou = self.pred_iou_thresh if self.pred_iou_thresh > 0.0 else None
+        return self.predictor.decode((points[:, None, :], labels), None, None, multimask_output=True, min_iou=min_iou)
 
     def _process_crop(
         self,

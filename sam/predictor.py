@@ -141,8 +141,12 @@ class SamPredictor:
         boxes: torch.Tensor | None,
         mask_input: torch.Tensor | None,
         multimask_output: bool,
+        min_iou: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompt encoder + mask decoder: low-res logits BxCx256x256 and scores BxC."""
+        """Prompt encoder + mask decoder: low-res logits BxCx256x256 and scores BxC.
+
+        With min_iou, prompts whose scores are all <= min_iou get -inf logits instead of computed masks.
+        """
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
         return self.model.mask_decoder(
             image_embeddings=self.features,
@@ -150,6 +154,7 @@ class SamPredictor:
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask_output,
+            min_iou=min_iou,
         )
 
     def get_image_embedding(self) -> torch.Tensor:

@@ -90,7 +90,8 @@ class RegionDecoder(nn.Module):
         palette = (torch.tensor(PALETTE, dtype=torch.float) - torch.tensor(PIXEL_MEAN)) / torch.tensor(PIXEL_STD)
         self.register_buffer("palette", palette, persistent=False)
 
-    def forward(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, multimask_output):
+    def forward(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, *args, **kw):
+        # multimask_output is always true in segment-everything; min_iou only lets a decoder skip work
         image = image_embeddings[0].float()
         size = image.shape[-1]
         low = size // 4

@@ -10,6 +10,7 @@ Two mask sources, each plugged into Meta's Sam and ours:
 
 import numpy as np
 import pytest
+import torch
 from pycocotools import mask as coco_mask
 from segment_anything import SamAutomaticMaskGenerator as MetaGenerator
 from segment_anything.modeling import Sam as MetaSam
@@ -99,6 +100,42 @@ def test_records_match_meta_on_twin_models(seed, kwargs):
     ref = MetaGenerator(ref_model, **kwargs).generate(image)
     ours = SamAutomaticMaskGenerator(our_model, **kwargs).generate(image)
     assert len(ref) >= (20 if kwargs.get("box_nms_thresh") == 1.0 else 1)
+    assert_records_match(ours, ref)
+
+
+def test_iou_threshold_skips_masks_and_matches_meta():
+    """A pred_iou_thresh that drops some prompts entirely: their masks are never computed, records stay Meta's."""
+    ref_model, our_model = scaled_twins(1)
+    image = test_image(96, 128, seed=1)
+    kwargs = dict(points_per_side=8, stability_score_thresh=0.0, box_nms_thresh=1.0)
+    generator = SamAutomaticMaskGenerator(our_model, pred_iou_thresh=-1.0, **kwargs)
+    everything = generator.generate(image)
+    best = {}
+    for r in everything:
+        point = tuple(r["point_coords"][0])
+        best[point] = max(best.get(point, -np.inf), r["predicted_iou"])
+    thresh = float(np.median(list(best.values())))
+    assert 0 < sum(iou <= thresh for iou in best.values()) < len(best)  # some prompts are skipped, not all
+
+    generator = SamAutomaticMaskGenerator(our_model, pred_iou_thresh=thresh, **kwargs)
+    generator.predictor.set_image(image)
+    grid = generator.point_grids[0] * [128, 96]
+    points = torch.as_tensor(generator.predictor.transform.apply_coords(grid, (96, 128)))
+    labels = torch.ones(len(points), 1, dtype=torch.int)
+    full, iou = generator.predictor.decode((points[:, None], labels), None, None, multimask_output=True)
+    logits, skipped_iou = generator.predict_low_res(points, [0, 0, 128, 96])
+    live = (iou > thresh).any(1)
+    assert torch.equal(skipped_iou, iou)
+    assert torch.allclose(logits[live], full[live], atol=1e-5)
+    assert bool((logits[~live] == -torch.inf).all()) and not bool(live.all())
+    generator.predictor.reset_image()
+
+    ref = MetaGenerator(ref_model, pred_iou_thresh=thresh, **kwargs).generate(image)
+    assert len(ref) >= 10
+    assert_records_match(generator.generate(image), ref)
+
+
+def assert_records_match(ours: list[dict], ref: list[dict]) -> None:
     assert len(ours) == len(ref)
 
     def key(r: dict) -> tuple:  # scores agree to ~1e-6: order candidates of one point by rounded IoU

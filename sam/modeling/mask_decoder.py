@@ -44,16 +44,19 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
+        min_iou: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predict masks for B prompts on one image (or B images, one prompt each).
 
         image_embeddings: 1xCxhxw (shared by all prompts) or BxCxhxw; image_pe: 1xCxhxw;
         sparse: BxNxC; dense: BxCxhxw. Returns low-res mask logits Bx{1,3}x4hx4w and IoU Bx{1,3}.
+        With min_iou, only prompts with a predicted IoU above it get their masks computed; the logits of
+        the others are -inf (segment-everything drops such masks anyway, and upscaling is half the work).
         """
-        masks, iou_pred = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
-        )
         mask_slice = slice(1, None) if multimask_output else slice(0, 1)
+        masks, iou_pred = self.predict_masks(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, mask_slice, min_iou
+        )
         return masks[:, mask_slice], iou_pred[:, mask_slice]
 
     def predict_masks(
@@ -62,6 +65,8 @@ class MaskDecoder(nn.Module):
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
+        mask_slice: slice = slice(None),
+        min_iou: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All num_mask_tokens masks, Bx(1+M)x4hx4w, and their IoU predictions, Bx(1+M)."""
         B = sparse_prompt_embeddings.shape[0]
@@ -75,14 +80,19 @@ class MaskDecoder(nn.Module):
         src = image_embeddings + dense_prompt_embeddings
         _, c, h, w = src.shape
         hs, src = self.transformer(src, image_pe, tokens)
-        iou_token_out = hs[:, 0, :]
+        iou_pred = self.iou_prediction_head(hs[:, 0, :])
         mask_tokens_out = hs[:, 1 : (1 + self.num_mask_tokens), :]
-
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
-        masks = self.upscale_masks(src.reshape(-1, h, w, c), hyper_in)
-        return masks, self.iou_prediction_head(iou_token_out)
+        src = src.reshape(-1, h, w, c)
+        if min_iou is None:
+            return self.upscale_masks(src, hyper_in), iou_pred
+        live = (iou_pred[:, mask_slice] > min_iou).any(1)
+        masks = torch.full((B, self.num_mask_tokens, 4 * h, 4 * w), -torch.inf, dtype=hyper_in.dtype)
+        if live.any():
+            masks[live] = self.upscale_masks(src.expand(B, -1, -1, -1)[live], hyper_in[live])
+        return masks, iou_pred
 
     def upscale_masks(self, src: torch.Tensor, hyper_in: torch.Tensor) -> torch.Tensor:
         """output_upscaling, then each mask token's product with it: src BxHxWxC, hyper_in BxMxC/8 -> BxMx4Hx4W.
