@@ -31,6 +31,22 @@ def test_embedding_matches(tiny_pair):
     assert pred.original_size == meta.original_size and pred.input_size == meta.input_size
 
 
+def test_dense_pe_follows_the_weights():
+    """get_dense_pe is cached, and recomputed after new weights are loaded or changed in place."""
+    ref, ours = twin_models(TINY, seed=2)
+    key = "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"
+    assert torch.equal(ours.prompt_encoder.get_dense_pe(), ref.prompt_encoder.get_dense_pe())
+    state = ours.state_dict()
+    state[key] = torch.randn_like(state[key])
+    ours.load_state_dict(state)
+    ref.load_state_dict(state)
+    assert torch.equal(ours.prompt_encoder.get_dense_pe(), ref.prompt_encoder.get_dense_pe())
+    with torch.no_grad():
+        ours.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.mul_(2)
+        ref.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.mul_(2)
+    assert torch.equal(ours.prompt_encoder.get_dense_pe(), ref.prompt_encoder.get_dense_pe())
+
+
 @pytest.mark.parametrize("name", list(PROMPTS))
 def test_prompt_matches(tiny_pair, name):
     meta, pred = tiny_pair
