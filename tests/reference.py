@@ -1,5 +1,5 @@
 """Meta's reference model built with the same configuration and the same random weights as ours, and what
-the parity tests share: tolerances, prompts, the comparison of two predictions."""
+the parity tests share: tolerances, prompts, the comparison of two predictions, random weights."""
 
 from functools import partial
 
@@ -116,6 +116,30 @@ def random_state_dict(model: torch.nn.Module, seed: int = 0) -> dict[str, torch.
         else:
             fan_in = t[0].numel() if t.ndim > 1 else 1
             out[name] = noise / max(fan_in, 1) ** 0.5
+    return out
+
+
+def random_tinyvit_weights(model: torch.nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Non-degenerate random weights for a MobileSAM-style state dict (BatchNorm variances kept positive)."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, t in model.state_dict().items():
+        if not t.is_floating_point():
+            out[name] = t
+            continue
+        noise = torch.randn(t.shape, generator=g)
+        if name.endswith("running_var"):
+            out[name] = 0.5 + torch.rand(t.shape, generator=g)
+        elif name.endswith("running_mean") or name.endswith("bias"):
+            out[name] = 0.02 * noise  # small offsets keep the embedding dependent on the image
+        elif "norm" in name or ".bn." in name or name.endswith(("neck.1.weight", "neck.3.weight")):
+            out[name] = 1.0 + 0.1 * noise
+        elif "attention_biases" in name:
+            out[name] = 0.5 * noise
+        elif "gaussian_matrix" in name:
+            out[name] = noise  # spatial frequencies, as Meta initialises them
+        else:
+            out[name] = noise / max(t[0].numel() if t.ndim > 1 else 1, 1) ** 0.5
     return out
 
 

@@ -1,24 +1,33 @@
 """The bf16 encoder path stays close to fp32: embeddings within 1e-2 relative, mask IoU >= 0.99
-(pooled over the parity prompts)."""
+(pooled over the parity prompts), for the ViT encoders and MobileSAM's TinyViT."""
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
 from sam import SamPredictor
-from sam.build import SamConfig, ViTConfig, build_sam
+from sam.build import SamConfig, TinyViTConfig, ViTConfig, build_sam
 from sam.precision import bf16_is_fast, resolve_dtype
-from tests.reference import PROMPTS, meta_sam, rel_err, test_image, twin_models
+from tests.reference import PROMPTS, meta_sam, random_tinyvit_weights, rel_err, test_image, twin_models
 
-# ViT-B's width and depth at a small input, so the test stays fast on any CPU.
+# ViT-B's width and depth, and MobileSAM's whole TinyViT, at a small input, so the tests stay fast on any CPU.
 VIT_B_SMALL = SamConfig(ViTConfig(768, 12, 12, (2, 5, 8, 11)), img_size=256)
+TINYVIT_SMALL = SamConfig(TinyViTConfig(), img_size=256)
 
 
-@pytest.fixture(scope="module")
-def predictors():
-    _, fp32 = twin_models(VIT_B_SMALL, seed=4)
+def random_tinyvit(seed: int = 4) -> torch.nn.Module:
+    """Our MobileSAM at TINYVIT_SMALL with random weights (fp32)."""
+    model = build_sam(TINYVIT_SMALL)
+    model.load_state_dict(random_tinyvit_weights(model, seed=seed))
+    return model
+
+
+@pytest.fixture(scope="module", params=["vit_b", "tiny_vit"])
+def predictors(request):
+    fp32 = twin_models(VIT_B_SMALL, seed=4)[1] if request.param == "vit_b" else random_tinyvit()
     bf16 = copy.deepcopy(fp32).set_precision(torch.bfloat16)
     image = test_image(240, 320)
     p32, p16 = SamPredictor(fp32), SamPredictor(bf16)
@@ -60,6 +69,53 @@ def test_bf16_no_worse_than_reference_autocast():
     """Larger random weights amplify rounding; ours still stays at or below the reference's bf16 error."""
     ref_err, err = bf16_errors(*twin_models(VIT_B_SMALL, seed=4))
     assert 0 < err <= ref_err
+
+
+def tinyvit_bf16_error(model: torch.nn.Module) -> float:
+    """Relative distance of the bf16 embedding from the fp32 one (1x256x16x16, random 256-pixel input)."""
+    x = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return rel_err(copy.deepcopy(model).set_precision(torch.bfloat16).encode(x), model.encode(x))
+
+
+@pytest.mark.parametrize("seed", [2, 4, 7])
+def test_tinyvit_bf16_embedding_close_to_fp32(seed):
+    """Random weights: casting the whole TinyViT to bf16 moved these embeddings 2.2e-2 to 3e-2; now 0.6e-2 to 0.9e-2."""
+    err = tinyvit_bf16_error(random_tinyvit(seed))
+    assert 0 < err < 1e-2  # > 0: the bf16 path really ran
+
+
+def test_tinyvit_bf16_close_to_fp32_with_mobile_sams_initialisation():
+    with warnings.catch_warnings():  # mobile_sam imports timm's deprecated module paths
+        warnings.simplefilter("ignore")
+        import mobile_sam
+
+    torch.manual_seed(0)
+    ref = mobile_sam.sam_model_registry["vit_t"]()  # its own init: truncated-normal Linears, identity BatchNorms
+    model = build_sam(TINYVIT_SMALL)
+    model.load_state_dict({k: v for k, v in ref.state_dict().items() if not k.startswith("pixel_")})
+    assert 0 < tinyvit_bf16_error(model) < 1e-2
+
+
+def test_tinyvit_set_precision_keeps_the_checkpoint_layout():
+    """Which weights run in bf16; BatchNorms stay fp32; keys, strict loading and the way back to fp32 unchanged."""
+    model = random_tinyvit()
+    weights = model.state_dict()
+    enc = model.set_precision(torch.bfloat16).image_encoder
+    assert model.precision == "bfloat16"
+    mbconv, block = enc.layers[0].blocks[0], enc.layers[1].blocks[0]
+    assert mbconv.conv1.c.weight.dtype == block.attn.qkv.weight.dtype == block.mlp.fc1.weight.dtype == torch.bfloat16
+    assert mbconv.conv1.bn.running_var.dtype == block.attn.attention_biases.dtype == torch.float32
+    assert mbconv.conv2.c.weight.dtype == block.local_conv.c.weight.dtype == torch.float32  # depthwise
+    assert block.attn.proj.weight.dtype == enc.layers[2].blocks[0].mlp.fc1.weight.dtype == torch.float32
+    assert model.state_dict().keys() == weights.keys()
+    model.load_state_dict(weights, strict=True)  # a checkpoint loads into the bf16 model ...
+    model.set_precision(torch.float32)
+    assert model.precision == "float32" and all(p.dtype == torch.float32 for p in model.parameters())
+    model.load_state_dict(weights, strict=True)  # ... and back in fp32 gives the fp32 numbers again
+    x = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(model.encode(x), random_tinyvit().encode(x))
 
 
 def test_bf16_masks_match_fp32(predictors):

@@ -17,7 +17,7 @@ from sam import SamPredictor, build_sam
 from sam.modeling import tiny_vit
 from sam.modeling.tiny_vit import TinyViT
 from sam.transforms import ResizeLongestSide
-from tests.reference import RTOL, assert_same_prediction, rel_err, test_image
+from tests.reference import RTOL, assert_same_prediction, random_tinyvit_weights, rel_err, test_image
 
 with warnings.catch_warnings():  # mobile_sam imports timm's deprecated module paths
     warnings.simplefilter("ignore")
@@ -25,30 +25,6 @@ with warnings.catch_warnings():  # mobile_sam imports timm's deprecated module p
     from mobile_sam.utils.transforms import ResizeLongestSide as RefResize
 
 EMBED_ATOL = 1e-4  # largest allowed absolute difference of an embedding entry (entries are O(1))
-
-
-def random_tinyvit_weights(model: torch.nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Non-degenerate random weights for a MobileSAM-style state dict (BatchNorm variances kept positive)."""
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for name, t in model.state_dict().items():
-        if not t.is_floating_point():
-            out[name] = t
-            continue
-        noise = torch.randn(t.shape, generator=g)
-        if name.endswith("running_var"):
-            out[name] = 0.5 + torch.rand(t.shape, generator=g)
-        elif name.endswith("running_mean") or name.endswith("bias"):
-            out[name] = 0.02 * noise  # small offsets keep the embedding dependent on the image
-        elif "norm" in name or ".bn." in name or name.endswith(("neck.1.weight", "neck.3.weight")):
-            out[name] = 1.0 + 0.1 * noise
-        elif "attention_biases" in name:
-            out[name] = 0.5 * noise
-        elif "gaussian_matrix" in name:
-            out[name] = noise  # spatial frequencies, as Meta initialises them
-        else:
-            out[name] = noise / max(t[0].numel() if t.ndim > 1 else 1, 1) ** 0.5
-    return out
 
 
 @pytest.fixture(scope="module")

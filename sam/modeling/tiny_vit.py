@@ -2,7 +2,12 @@
 
 Parameter names follow mobile_sam's `TinyViT` exactly, so MobileSAM checkpoints load strictly; the
 classifier (`norm_head`, `head`) is kept for that reason only and never runs. Inference only:
-BatchNorms use their running statistics, folded into the convolution weights on the fly.
+BatchNorms use their running statistics, folded into the convolution weights on the fly, in fp32.
+
+Precision: the activations between layers (the residual stream) keep the input's dtype; each matrix
+product or convolution runs in its weight's dtype. `set_precision(torch.bfloat16)` casts only some
+Linear and Conv2d weights (see there), so with fp32 input the norms, BatchNorms, residual sums and
+attention-bias table stay fp32, as in the ViT encoder.
 
 Layout: after the patch embedding every activation is BxHxWxC (channels last), so 1x1 convolutions
 are plain matrix products and the 3x3 depthwise convolutions get channels-last views without copies.
@@ -33,22 +38,25 @@ class Conv2d_BN(nn.Module):  # noqa: N801 (mobile_sam's name)
         self.bn = nn.BatchNorm2d(out_chans)
 
     def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(weight, bias) of the convolution equal to conv then BatchNorm, computed in fp32."""
+        """(weight, bias) of the convolution equal to conv then BatchNorm, computed in fp32, in the conv's dtype."""
         bn, w = self.bn, self.c.weight
         scale = bn.weight.float() * torch.rsqrt(bn.running_var.float() + bn.eps)
         bias = bn.bias.float() - bn.running_mean.float() * scale
         return (w.float() * scale[:, None, None, None]).to(w.dtype), bias.to(w.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """BxCxHxW (any memory format) -> BxC'xH'xW'."""
+        """BxCxHxW (any memory format) -> BxC'xH'xW', in x's dtype; the convolution runs in the weight's."""
         weight, bias = self.folded()
-        return F.conv2d(x, weight, bias, self.c.stride, self.c.padding, groups=self.c.groups)
+        return F.conv2d(x.to(weight.dtype), weight, bias, self.c.stride, self.c.padding, groups=self.c.groups).to(
+            x.dtype
+        )
 
 
 def conv_stack(x: torch.Tensor, conv1: Conv2d_BN, conv2: Conv2d_BN, conv3: Conv2d_BN) -> torch.Tensor:
     """conv3(gelu(conv2(gelu(conv1(x))))) for 1x1, 3x3 (stride 1 or 2), 1x1: BxHxWxC -> BxH'xW'xC'.
 
-    Computed in bands of output rows; each band reads its input rows plus one row of context.
+    Computed in bands of output rows; each band reads its input rows plus one row of context. The
+    convolutions run in their weights' dtype, the output has x's.
     """
     (w1, b1), (w2, b2), (w3, b3) = conv1.folded(), conv2.folded(), conv3.folded()
     w1, w3 = w1.flatten(1), w3.flatten(1)  # 1x1 convolutions on channels-last input are matrix products
@@ -62,9 +70,9 @@ def conv_stack(x: torch.Tensor, conv1: Conv2d_BN, conv2: Conv2d_BN, conv3: Conv2
         # input rows [a, b) cover the 3x3 neighbourhoods of output rows [o0, o1). a is a multiple of s, so the
         # band's output row j is output row a / s + j; rows at an inner band edge saw zero padding: not kept
         a, b = max(o0 * s - s, 0), min((o1 - 1) * s + 2, H)
-        y = gelu_(F.linear(x[:, a:b], w1, b1)).permute(0, 3, 1, 2)
-        y = gelu_(F.conv2d(y, w2, b2, s, 1, groups=w2.shape[0])).permute(0, 2, 3, 1)
-        out[:, o0:o1] = F.linear(y[:, o0 - a // s : o1 - a // s], w3, b3)
+        y = gelu_(F.linear(x[:, a:b].to(w1.dtype), w1, b1)).permute(0, 3, 1, 2)
+        y = gelu_(F.conv2d(y.to(w2.dtype), w2, b2, s, 1, groups=w2.shape[0])).permute(0, 2, 3, 1)
+        out[:, o0:o1] = F.linear(y[:, o0 - a // s : o1 - a // s].to(w3.dtype), w3, b3)
     return out
 
 
@@ -144,10 +152,11 @@ class Attention(nn.Module):
         """BxNxC tokens of B windows of N = window_size**2 -> BxNxC."""
         B, N, C = x.shape
         # per head the qkv features are laid out [q, k, v] (mobile_sam's order)
-        qkv = self.qkv(self.norm(x)).view(B, N, self.num_heads, 3, C // self.num_heads).permute(3, 0, 2, 1, 4)
+        qkv = self.qkv(self.norm(x).to(self.qkv.weight.dtype))
+        qkv = qkv.view(B, N, self.num_heads, 3, C // self.num_heads).permute(3, 0, 2, 1, 4)
         bias = self.attention_biases[:, self.attention_bias_idxs].to(qkv.dtype)[None]  # 4-D: the fused kernel
         x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=bias)
-        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+        return self.proj(x.transpose(1, 2).reshape(B, N, C).to(self.proj.weight.dtype))
 
 
 class Mlp(nn.Module):
@@ -158,7 +167,8 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(gelu_(self.fc1(self.norm(x))))
+        """BxHxWxC -> BxHxWxC in fc2's dtype."""
+        return self.fc2(gelu_(self.fc1(self.norm(x).to(self.fc1.weight.dtype))).to(self.fc2.weight.dtype))
 
 
 class TinyViTBlock(nn.Module):
@@ -245,13 +255,37 @@ class TinyViT(nn.Module):
             LayerNorm2d(out_chans),
         )
 
+    def set_precision(self, dtype: torch.dtype) -> None:
+        """Run about two thirds of the multiply-adds in dtype; keep the rest fp32 where that buys most accuracy.
+
+        In dtype: the patch embedding, the MBConvs' 1x1 convolutions, attention qkv and MLPs outside
+        the longest stage, the neck's 3x3 convolution. bf16 rounds each product's input, weight and
+        output (about 3e-3 relative per product); over TinyViT's ~70 products that moves the embedding
+        by 1.5e-2 to 2e-2. Kept fp32: the depthwise and patch-merging convolutions, the attention
+        output projections, the neck's 1x1 convolution and the longest stage, whose blocks' errors add
+        up; also norms, BatchNorms (folded in fp32), attention biases and, with fp32 input, the
+        residual stream. set_precision(torch.float32) goes back; state_dict keys never change.
+        """
+        keep: set[nn.Module] = {self.neck[0]}
+        keep |= set(max(self.layers[1:], key=lambda layer: len(layer.blocks)).blocks.modules())
+        for layer in self.layers:
+            keep |= set(layer.downsample.modules()) if layer.downsample is not None else set()
+            keep |= {blk.attn.proj for blk in layer.blocks if isinstance(blk, TinyViTBlock)}
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                depthwise = isinstance(m, nn.Conv2d) and m.groups > 1
+                m.to(torch.float32 if m in keep or depthwise else dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Bx3xSxS -> Bx(out_chans)x(S/16)x(S/16), in x's dtype."""
+        dtype = x.dtype
         x = self.patch_embed(x)
         for layer in self.layers:
             x = layer(x)
         # the neck's modules run on channels-last x: the 1x1 conv as a matrix product, LayerNorm2d as layer_norm
         conv1, norm1, conv2, norm2 = self.neck
-        x = F.layer_norm(F.linear(x, conv1.weight.flatten(1)), norm1.weight.shape, norm1.weight, norm1.bias, norm1.eps)
-        x = conv2(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        x = F.linear(x.to(conv1.weight.dtype), conv1.weight.flatten(1)).to(dtype)
+        x = F.layer_norm(x, norm1.weight.shape, norm1.weight, norm1.bias, norm1.eps)
+        x = conv2(x.permute(0, 3, 1, 2).to(conv2.weight.dtype)).permute(0, 2, 3, 1).to(dtype)
         x = F.layer_norm(x, norm2.weight.shape, norm2.weight, norm2.bias, norm2.eps)
         return x.permute(0, 3, 1, 2).contiguous()
