@@ -21,6 +21,7 @@ import numpy as np
 from starlette.middleware import Middleware
 
 from sam import limits
+from sam.allocator import reuse_freed_memory
 from sam.app_session import AppSession, SessionRegistry
 from sam.body_limit import BodyLimit
 from sam.canvas import CanvasServer, SamCanvas, model_error
@@ -247,6 +248,7 @@ def main(argv: list[str] | None = None) -> None:
         help="image encoder precision; auto: bfloat16 where the CPU runs it fast (default: $SAM_PRECISION or auto)",
     )
     args = parser.parse_args(argv)
+    reuse_freed_memory()  # before the server's threads start: see sam/allocator.py
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     service = Service(Models(functools.partial(load, precision=args.precision), max_models=MAX_MODELS))
     # Load the model while the server starts, so the first visitor does not wait for it; errors are

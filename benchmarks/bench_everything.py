@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from segment_anything import SamAutomaticMaskGenerator as MetaGenerator  # noqa: E402
 
+from sam.allocator import reuse_freed_memory  # noqa: E402
 from sam.automatic import SamAutomaticMaskGenerator  # noqa: E402
 from sam.build import CONFIGS  # noqa: E402
 from sam.predictor import ImageEmbedding  # noqa: E402
@@ -89,7 +90,11 @@ def main() -> None:
     parser.add_argument("--meta-runs", type=int, default=1, help="runs of segment-anything's generator (median)")
     parser.add_argument("--points-per-side", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--malloc", choices=["tuned", "default"], default="tuned",
+                        help="tuned: sam.allocator.reuse_freed_memory(), for every implementation in the run")
     args = parser.parse_args()
+    if args.malloc == "tuned":
+        reuse_freed_memory()
 
     torch.manual_seed(args.seed)
     ref_model, our_model = twin_models(CONFIGS["vit_b"], seed=args.seed)
@@ -128,7 +133,8 @@ def main() -> None:
         f"{args.points_per_side} grid, fp32, embedding excluded (computed once: {embed_s:.1f} s)."
     )
     print(
-        f"CPU: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"CPU: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"malloc {args.malloc}; "
         f"load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after (a shared machine).\n"
     )
     print("| thresholds | segment-anything | ours | speed-up | records (segment-anything / ours / identical) |")

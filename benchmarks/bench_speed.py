@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from sam import ImageEmbedding, SamPredictor
+from sam.allocator import reuse_freed_memory
 from sam.build import CONFIGS, build_sam
 from sam.precision import bf16_is_fast
 from tests.reference import random_state_dict, test_image, twin_models
@@ -191,7 +192,11 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="time bf16 rows even where bf16 is not fast")
     parser.add_argument("--only", choices=["embedding", "tinyvit", "click", "load"], action="append")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument("--malloc", choices=["tuned", "default"], default="tuned",
+                        help="tuned: sam.allocator.reuse_freed_memory(), for every implementation in the run")
     args = parser.parse_args()
+    if args.malloc == "tuned":
+        reuse_freed_memory()
     bf16 = args.bf16 or bf16_is_fast()
     jobs = {"embedding": lambda: embedding_rows(args.runs, bf16), "tinyvit": lambda: tinyvit_rows(args.runs, bf16),
             "click": lambda: click_rows(args.runs), "load": lambda: load_rows(args.runs)}
@@ -200,7 +205,7 @@ def main() -> None:
         rows += jobs[name]()
         print(table(rows[-2:]), flush=True)
     print(f"\n{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"bf16 fast: {bf16_is_fast()}, threads {torch.get_num_threads()}\n")
+          f"bf16 fast: {bf16_is_fast()}, threads {torch.get_num_threads()}, malloc {args.malloc}\n")
     print(table(rows))
     print("\nvs reference: speed-up over the first row of the job (memory: ratio to the first row)")
     if args.json:

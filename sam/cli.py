@@ -14,6 +14,8 @@ from typing import TypeVar
 
 import numpy as np
 
+from .allocator import reuse_freed_memory
+
 EXIT_OK, EXIT_USAGE, EXIT_MODEL, EXIT_IMAGES = 0, 2, 3, 4
 DEFAULT_MODEL = "sam-vit-base"
 T = TypeVar("T")
@@ -193,6 +195,7 @@ def _extra_commands() -> list:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # bad arguments: argparse prints usage and exits with 2
+    reuse_freed_memory()  # see sam/allocator.py
     try:
         return int(args.func(args) or 0)
     except CliError as e:
