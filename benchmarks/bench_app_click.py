@@ -85,6 +85,8 @@ def main() -> None:
     parser.add_argument("--image", type=Path, default=REPO / "examples" / "coffee.jpg")
     parser.add_argument("--url", help="an app already running (default: start one on a loopback Hub)")
     parser.add_argument("--cache", type=Path, help="folder for the random checkpoints (default: a temporary one)")
+    parser.add_argument("--decode-threads", type=int, default=_cores(),
+                        help="SAM_DECODE_THREADS of the app started here (default: every core, as the app's default)")
     args = parser.parse_args()
     with ExitStack() as stack:
         url = args.url
@@ -95,10 +97,12 @@ def main() -> None:
             checkpoints = Checkpoints(root)
             vit_b = checkpoints.transformers("vit_b", 0)  # full size, random weights
             url = stack.enter_context(
-                app_on_hub(checkpoints, tmp, ["--model", "sam-vit-base"], overrides={"facebook/sam-vit-base": vit_b})
+                app_on_hub(checkpoints, tmp, ["--model", "sam-vit-base"], overrides={"facebook/sam-vit-base": vit_b},
+                           extra_env={"SAM_DECODE_THREADS": str(args.decode_threads)})
             )
         result = run(url, args.image.resolve(), args.clicks, args.hovers)
     result["machine"] = f"{platform.processor() or platform.machine()}, {_cores()} cores"
+    result["decode_threads"] = args.decode_threads if args.url is None else "as the app at --url"
     print(json.dumps(result, indent=1))
     for kind in ("point", "hover"):
         page, server = result[kind]["page_ms"], result[kind]["server_ms"]

@@ -243,7 +243,7 @@ class SAM:
             "layers": sum(1 for m in self.model.modules() if not any(True for _ in m.children())),
             "size_mb": None if size is None else round(size / 2**20, 1),
             "files": [str(f) for f in files],
-            "precision": str(params[0].dtype).removeprefix("torch."),
+            "precision": self.model.precision,  # the image encoder's matrix products
             "device": str(self.device),
             "img_size": self.model.img_size,
         }

@@ -22,8 +22,10 @@ import torch
 
 from .images import load_image, prepare
 from .limits import EVERYTHING_TIMEOUT_S, MAX_PIXELS, MAX_PROMPTS, Deadline
+from .lru import LRU
 from .modeling.sam import Sam
 from .predictor import ImageEmbedding, SamPredictor
+from .threads import Workload
 
 DEFAULT_MODEL = "sam-vit-base"
 
@@ -35,61 +37,6 @@ def _env_int(name: str, default: int, kind: type = int) -> int | float:
         return kind(value) if value else default
     except ValueError:
         raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}") from None
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """Run torch ops of the calling thread on n threads, then restore the count.
-
-    With OpenMP the count is per calling thread: decoding on one thread leaves the other core to a
-    concurrent embedding (two 2-thread jobs on 2 cores make a small decode ~10x slower).
-    """
-    before = torch.get_num_threads()
-    if n == before:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-class LRU:
-    """Thread-safe LRU bounded by entry count and by total bytes (`size_of(value)`)."""
-
-    def __init__(self, max_items: int, max_bytes: int, size_of: Callable[[object], int]) -> None:
-        self.max_items, self.max_bytes, self.size_of = max_items, max_bytes, size_of
-        self._data: OrderedDict[object, object] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def get(self, key: object) -> object | None:
-        with self._lock:
-            if key not in self._data:
-                return None
-            self._data.move_to_end(key)
-            return self._data[key]
-
-    def put(self, key: object, value: object) -> None:
-        size = self.size_of(value)
-        with self._lock:
-            if key in self._data:
-                self._bytes -= self.size_of(self._data.pop(key))
-            if size > self.max_bytes or self.max_items < 1:
-                return  # too large to keep at all
-            self._data[key] = value
-            self._bytes += size
-            while len(self._data) > self.max_items or self._bytes > self.max_bytes:
-                _, old = self._data.popitem(last=False)
-                self._bytes -= self.size_of(old)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    @property
-    def nbytes(self) -> int:
-        return self._bytes
 
 
 def image_key(image: np.ndarray) -> str:
@@ -206,7 +153,9 @@ class Service:
         )
         self._embed_lock = threading.Lock()  # one embedding at a time, whoever asks (page, API, re-embed)
         self._decode_slots = threading.BoundedSemaphore(decode_slots)
-        self.decode_threads = decode_threads or _env_int("SAM_DECODE_THREADS", 1)
+        self.workload = Workload()
+        # a click decodes on this many threads when no other job runs, on one thread beside others
+        self.decode_threads = decode_threads or _env_int("SAM_DECODE_THREADS", torch.get_num_threads())
         self.embed_threads = embed_threads or _env_int("SAM_EMBED_THREADS", torch.get_num_threads())
         self.everything_timeout_s = everything_timeout_s or _env_int(
             "SAM_EVERYTHING_TIMEOUT_S", EVERYTHING_TIMEOUT_S, float
@@ -253,7 +202,7 @@ class Service:
             start = time.perf_counter()
             predictor = SamPredictor(model)
             small, _ = prepare(image, model.img_size)  # SAM's own resize, so the embedding is the same
-            with torch_threads(self.embed_threads):
+            with self.workload.job(self.embed_threads, shared=False):
                 predictor.set_torch_image(torch.as_tensor(small).permute(2, 0, 1)[None], image.shape[:2])
             embedding = predictor.embedding
             seconds = time.perf_counter() - start
@@ -261,7 +210,7 @@ class Service:
         return Embedded(key, embedding, seconds, False)
 
     def decoder(self, model_name: str, embedding: ImageEmbedding) -> "Decoder":
-        return Decoder(self.models.get(model_name), embedding, self._decode_slots, self.decode_threads)
+        return Decoder(self.models.get(model_name), embedding, self._decode_slots, self.decode_threads, self.workload)
 
 
 class Decoder:
@@ -273,12 +222,14 @@ class Decoder:
         embedding: ImageEmbedding,
         slots: threading.BoundedSemaphore | None = None,
         threads: int | None = None,
+        workload: Workload | None = None,
     ) -> None:
         self.model = model
         self.predictor = SamPredictor(model)
         self.predictor.set_embedding(embedding)
         self.slots = slots
         self.threads = threads or torch.get_num_threads()
+        self.workload = workload or Workload()
 
     @property
     def original_size(self) -> tuple[int, int]:
@@ -305,7 +256,7 @@ class Decoder:
         if mask_input is not None:
             mask_t = torch.as_tensor(mask_input, dtype=torch.float32)[None, None]
         points_arg = (coords.to(p.device), labels_t.to(p.device)) if coords is not None else None
-        with self.slots or contextlib.nullcontext(), torch_threads(self.threads):
+        with self.slots or contextlib.nullcontext(), self.workload.job(self.threads):
             low_res, scores = p.decode(points_arg, box_t, mask_t, multimask)
         return low_res[0].float().cpu().numpy(), scores[0].float().cpu().numpy()
 
@@ -317,7 +268,7 @@ class Decoder:
         """
         p = self.predictor
         x = torch.as_tensor(low_res, dtype=torch.float32)[None]
-        with torch_threads(self.threads):
+        with self.workload.job(self.threads):
             masks = self.model.postprocess_masks(x, p.input_size, size or p.original_size)
         return (masks[0] > self.model.mask_threshold).numpy()
 
@@ -414,7 +365,7 @@ def everything(
     generator = SamAutomaticMaskGenerator(
         service.models.get(model_name), output_mode="uncompressed_rle", **generator_args
     )
-    with service._embed_lock, torch_threads(service.embed_threads):
+    with service._embed_lock, service.workload.job(service.embed_threads, shared=False):
         deadline = Deadline(
             service.everything_timeout_s, "segment everything", "SAM_EVERYTHING_TIMEOUT_S",
             "nothing was changed. Use fewer points per side, or click the objects one by one.",

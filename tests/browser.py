@@ -50,6 +50,7 @@ def run_app(args: list[str], env: dict[str, str], log: Path, timeout_s: float = 
     env = {**env, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port)}
     env.update(GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1", GRADIO_TEMP_DIR=str(log.parent / "gradio"))
     env.setdefault("SAM_PRECISION", "float32")  # masks are compared with an fp32 SamPredictor
+    env.setdefault("SAM_DECODE_THREADS", "1")  # ... decoding on one thread, so that masks compare exactly
     url = f"http://127.0.0.1:{port}"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "app.py", *args], cwd=REPO, env=env, stdout=out,

@@ -216,6 +216,8 @@ def test_info(model, tiny, tmp_path, capsys):
     info = model.info()
     assert info["parameters"] == sum(p.numel() for p in tiny.parameters())
     assert info["layers"] > 10 and info["precision"] == "float32" and info["device"] == "cpu"
+    mixed = build_sam("tiny_vit").set_precision(torch.bfloat16)  # TinyViT keeps some layers in fp32
+    assert SAM(mixed).info(verbose=False)["precision"] == "bfloat16"
     assert info["size_mb"] is None and "parameters" in capsys.readouterr().out
     path = tmp_path / "tiny.pth"
     torch.save(tiny.state_dict(), path)

@@ -18,7 +18,8 @@ from pycocotools import mask as mask_utils
 from sam import SamPredictor
 from sam.automatic import SamAutomaticMaskGenerator
 from sam.masks import mask_to_box
-from sam.service import read_image, torch_threads
+from sam.service import read_image
+from sam.threads import torch_threads
 from sam.weights import load_model
 from tests.browser import REPO, app_on_hub
 

@@ -19,7 +19,8 @@ from playwright.sync_api import sync_playwright
 
 from sam import SamPredictor
 from sam.automatic import SamAutomaticMaskGenerator
-from sam.service import read_image, torch_threads
+from sam.service import read_image
+from sam.threads import torch_threads
 from sam.weights import load_model
 from tests.browser import (
     CANVAS,

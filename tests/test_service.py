@@ -18,9 +18,9 @@ from sam.automatic import SamAutomaticMaskGenerator
 from sam.build import build_sam
 from sam.canvas import CanvasServer, display_size, label_data_url, mask_data_url, palette
 from sam.hub import WeightsError
+from sam.lru import LRU
 from sam.masks import decode_coco_rle
 from sam.service import (
-    LRU,
     Decoder,
     Models,
     Service,
@@ -30,8 +30,8 @@ from sam.service import (
     load,
     read_image,
     segment,
-    torch_threads,
 )
+from sam.threads import Workload, torch_threads
 from tests.reference import TINY, random_state_dict
 
 
@@ -409,3 +409,15 @@ def test_bfloat16_encoder_is_shown_in_the_status(image):
     server = CanvasServer(service, SessionRegistry())
     status = server.status("random:tiny_vit")
     assert "bf16" in status and "RANDOM WEIGHTS" in status
+
+
+def test_workload_gives_every_thread_to_a_job_alone():
+    workload = Workload()
+    with workload.job(2) as alone:
+        assert alone == 2 and torch.get_num_threads() == 2
+        with workload.job(2) as beside:  # a second decode while one runs: one thread
+            assert beside == 1 and torch.get_num_threads() == 1
+        with workload.job(2, shared=False) as embedding:  # an embedding keeps its threads
+            assert embedding == 2
+    with workload.job(2) as again:
+        assert again == 2

@@ -20,7 +20,7 @@ from PIL import Image
 
 from sam import SamPredictor
 from sam.masks import decode_coco_rle
-from sam.service import torch_threads
+from sam.threads import torch_threads
 from sam.weights import load_model
 from tests.browser import app_on_hub
 from tests.page_client import PageClient
