@@ -3,8 +3,9 @@
 SAM allocates and frees tens of megabytes per click (the decoder) and per embedding. By default glibc
 serves each large block with fresh mmap pages and returns it on free, so every request pays for
 faulting those pages in again: on a 2-core VM about a third of a click's time and a fifth of an
-embedding's. With one arena, no mmap and a high trim threshold, freed blocks stay in the heap and the
-next request reuses them. The cost: resident memory stays near its peak between requests.
+embedding's. With one arena and no mmap, freed blocks stay in the heap and the next request reuses
+them. Free memory beyond `keep_mb` at the top of the heap still goes back to the kernel, so the largest
+temporary blocks (a ViT-B embedding's global attention) are returned while the smaller ones are reused.
 """
 
 import ctypes
@@ -13,7 +14,7 @@ import sys
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
 
 
-def reuse_freed_memory(keep_mb: int = 2048) -> bool:
+def reuse_freed_memory(keep_mb: int = 256) -> bool:
     """Tune this process's glibc malloc (call early, before threads start); False where it cannot.
 
     keep_mb: free memory at the top of the heap beyond this goes back to the kernel.
