@@ -36,6 +36,7 @@ from tests.browser import (  # noqa: E402  (the loopback Hub and app launcher th
     upload,
 )
 from tests.hub import Checkpoints  # noqa: E402
+from tests.test_soak import app_pid, rss_mb  # noqa: E402
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -101,6 +102,8 @@ def main() -> None:
                            extra_env={"SAM_DECODE_THREADS": str(args.decode_threads)})
             )
         result = run(url, args.image.resolve(), args.clicks, args.hovers)
+        if args.url is None:  # the app's resident memory with the model loaded, after the embedding and clicks
+            result["server_rss_mb"] = round(rss_mb(app_pid(url)))
     result["machine"] = f"{platform.processor() or platform.machine()}, {_cores()} cores"
     result["decode_threads"] = args.decode_threads if args.url is None else "as the app at --url"
     print(json.dumps(result, indent=1))
@@ -108,6 +111,8 @@ def main() -> None:
         page, server = result[kind]["page_ms"], result[kind]["server_ms"]
         print(f"{kind}: page p50 {page['p50']:.0f} ms, p95 {page['p95']:.0f} ms (n={page['n']}); "
               f"server p50 {server['p50']:.0f} ms, p95 {server['p95']:.0f} ms")
+    if "server_rss_mb" in result:
+        print(f"server resident memory: {result['server_rss_mb']} MB")
 
 
 def _cores() -> int:
