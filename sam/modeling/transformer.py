@@ -95,9 +95,10 @@ class Attention(nn.Module):
     """Attention that may project to a smaller internal width (downsample_rate).
 
     Between a few tokens and a per-prompt image, `tokens_to_image` and `image_to_tokens` give the same
-    result as `forward` with the products reassociated: the query (or output) projection is folded into
-    the few token vectors instead of projecting all h*w image vectors of every prompt. With N tokens and
-    H heads that costs H*N instead of internal_dim multiply-adds per image vector and channel.
+    result as `forward` with the products reassociated: the image side's projections (key and value, or
+    query and output) are folded into the few token vectors instead of applied to all h*w image vectors
+    of every prompt. With N tokens and H heads that costs H*N instead of internal_dim multiply-adds per
+    image vector and channel; each picks the cheaper order for its shapes.
     """
 
     def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
