@@ -43,6 +43,19 @@ def published_hub(checkpoints: Checkpoints, overrides: dict[str, Path] | None = 
         hub.stop()
 
 
+def served_default(checkpoints: Checkpoints) -> Path:
+    """The checkpoint `published_hub` serves as the app's default model, sam-vit-base (first known model: seed 0)."""
+    return checkpoints.transformers("tiny", 0)
+
+
+def default_predictor(checkpoints: Checkpoints):
+    """A SamPredictor on the weights the app loads as sam-vit-base from `published_hub`."""
+    from sam import SamPredictor
+    from sam.weights import load_model
+
+    return SamPredictor(load_model(str(served_default(checkpoints))))
+
+
 @contextmanager
 def run_app(args: list[str], env: dict[str, str], log: Path, timeout_s: float = 180) -> Iterator[str]:
     """Start `python app.py ARGS` on a free loopback port; yields its URL once it answers, then stops it."""

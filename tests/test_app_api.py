@@ -15,13 +15,11 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from pycocotools import mask as mask_utils
 
-from sam import SamPredictor
 from sam.automatic import SamAutomaticMaskGenerator
 from sam.masks import mask_to_box
 from sam.service import read_image
 from sam.threads import torch_threads
-from sam.weights import load_model
-from tests.browser import REPO, app_on_hub
+from tests.browser import REPO, app_on_hub, default_predictor
 
 COFFEE = REPO / "examples" / "coffee.jpg"
 
@@ -41,7 +39,7 @@ def client(app_url):
 
 @pytest.fixture(scope="module")
 def predictor(checkpoints):
-    p = SamPredictor(load_model(str(checkpoints.transformers("tiny", 0))))  # what the Hub serves as sam-vit-base
+    p = default_predictor(checkpoints)
     p.set_image(read_image(COFFEE))
     return p
 

@@ -34,6 +34,7 @@ from tests.browser import (
     mask_info,
     open_app,
     run_app,
+    served_default,
     state,
     upload,
 )
@@ -97,7 +98,7 @@ class Expected:
 @pytest.fixture(scope="module")
 def coffee(checkpoints):
     # published() gives facebook/sam-vit-base the tiny transformers checkpoint of seed 0.
-    return Expected(checkpoints.transformers("tiny", 0), COFFEE)
+    return Expected(served_default(checkpoints), COFFEE)
 
 
 def assert_drawn(page, which, mask: np.ndarray) -> None:

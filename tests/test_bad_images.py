@@ -324,10 +324,10 @@ def app_url(checkpoints, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def app_predictor(checkpoints):
-    """What the app's sam-vit-base is on the loopback Hub (the tiny transformers checkpoint of seed 0)."""
-    from sam.weights import load_model
+    """What the app's sam-vit-base is on the loopback Hub."""
+    from tests.browser import default_predictor
 
-    return SamPredictor(load_model(str(checkpoints.transformers("tiny", 0))))
+    return default_predictor(checkpoints)
 
 
 def test_every_bad_file_gets_its_message_in_the_page_and_the_session_stays(app_url):

@@ -11,6 +11,8 @@ SAM_SOAK_SECONDS (default 120) sets the duration; SAM_SOAK_SESSIONS (default 20)
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +23,7 @@ from PIL import Image
 from sam import SamPredictor
 from sam.masks import decode_coco_rle
 from sam.threads import torch_threads
-from sam.weights import load_model
-from tests.browser import app_on_hub
+from tests.browser import app_on_hub, default_predictor
 from tests.page_client import PageClient
 
 SECONDS = float(os.environ.get("SAM_SOAK_SECONDS", "120"))
@@ -75,11 +76,19 @@ class Soak:
         self.latencies: list[float] = []
         self.lock = threading.Lock()
 
+    @contextmanager
+    def recording(self, who: str) -> Iterator[None]:
+        """A worker's loop: an exception ends it and is kept in self.errors (the test fails on any)."""
+        try:
+            yield
+        except Exception as e:
+            with self.lock:
+                self.errors.append(f"{who}: {type(e).__name__}: {e}")
+
     def api_worker(self, worker: int) -> None:
         images = images_for(worker, self.folder)
         rng = np.random.default_rng(worker)
-        client = Client(self.url, verbose=False)
-        try:
+        with self.recording(f"api worker {worker}"), closing(Client(self.url, verbose=False)) as client:
             i = 0
             while time.monotonic() < self.deadline:
                 path, image = images[i % len(images)]
@@ -99,17 +108,11 @@ class Soak:
                     self.latencies.append(time.perf_counter() - start)
                     self.api_calls.append((worker, image, request, answer))
                 i += 1
-        except Exception as e:
-            with self.lock:
-                self.errors.append(f"api worker {worker}: {type(e).__name__}: {e}")
-        finally:
-            client.close()
 
     def page_worker(self, worker: int) -> None:
         images = images_for(100 + worker, self.folder)
         rng = np.random.default_rng(100 + worker)
-        page = PageClient(self.url)
-        try:
+        with self.recording(f"page worker {worker}"), closing(PageClient(self.url)) as page:
             i = 0
             while time.monotonic() < self.deadline:
                 path, image = images[i % len(images)]
@@ -130,11 +133,6 @@ class Soak:
                 out = page.act({"type": "add", "name": name, "objects_version": -1})
                 assert [o["name"] for o in out["objects"]] == [name], out  # only this session's object
                 i += 1
-        except Exception as e:
-            with self.lock:
-                self.errors.append(f"page worker {worker}: {type(e).__name__}: {e}")
-        finally:
-            page.close()
 
 
 def check_api_answer(predictor: SamPredictor, image: np.ndarray, request: dict, answer: dict) -> None:
@@ -180,7 +178,7 @@ def test_soak(checkpoints, tmp_path):
     assert rss.max() < RSS_LIMIT_MB
     assert settled.max() - settled[0] < RSS_GROWTH_MB
 
-    predictor = SamPredictor(load_model(str(checkpoints.transformers("tiny", 0))))  # the app's sam-vit-base
+    predictor = default_predictor(checkpoints)  # the app's sam-vit-base
     with torch_threads(1):  # on a busy machine two threads can be 30x slower than one for these tiny ops
         check_answers(predictor, soak)
 
