@@ -72,6 +72,7 @@ def run(url: str, image: Path, clicks: int, hovers: int) -> dict:
         rows = [t for t in timings if t["type"] == kind]
         out[kind] = {
             "page_ms": percentiles([t["ms"] for t in rows]),
+            "answer_ms": percentiles([t["answer_ms"] for t in rows]),
             "server_ms": percentiles([t["server_ms"] for t in rows]),
         }
     firsts = [t["ms"] for t in [t for t in timings if t["type"] == "point"][::3]]
@@ -108,8 +109,9 @@ def main() -> None:
     result["decode_threads"] = args.decode_threads if args.url is None else "as the app at --url"
     print(json.dumps(result, indent=1))
     for kind in ("point", "hover"):
-        page, server = result[kind]["page_ms"], result[kind]["server_ms"]
+        page, answer, server = (result[kind][k] for k in ("page_ms", "answer_ms", "server_ms"))
         print(f"{kind}: page p50 {page['p50']:.0f} ms, p95 {page['p95']:.0f} ms (n={page['n']}); "
+              f"answer received p50 {answer['p50']:.0f} ms; "
               f"server p50 {server['p50']:.0f} ms, p95 {server['p95']:.0f} ms")
     if "server_rss_mb" in result:
         print(f"server resident memory: {result['server_rss_mb']} MB")

@@ -57,7 +57,7 @@ class MaskDecoder(nn.Module):
         masks, iou_pred = self.predict_masks(
             image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, mask_slice, min_iou
         )
-        return masks[:, mask_slice], iou_pred[:, mask_slice]
+        return masks, iou_pred[:, mask_slice]
 
     def predict_masks(
         self,
@@ -68,7 +68,10 @@ class MaskDecoder(nn.Module):
         mask_slice: slice = slice(None),
         min_iou: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """All num_mask_tokens masks, Bx(1+M)x4hx4w, and their IoU predictions, Bx(1+M)."""
+        """Masks BxKx4hx4w of the K mask tokens in mask_slice, and IoU predictions Bxnum_mask_tokens of all.
+
+        Only the K masks are computed: their hypernetwork vectors alone multiply the upscaled features.
+        """
         B = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         output_tokens = output_tokens.unsqueeze(0).expand(B, -1, -1)
@@ -82,14 +85,13 @@ class MaskDecoder(nn.Module):
         hs, src = self.transformer(src, image_pe, tokens)
         iou_pred = self.iou_prediction_head(hs[:, 0, :])
         mask_tokens_out = hs[:, 1 : (1 + self.num_mask_tokens), :]
-        hyper_in = torch.stack(
-            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
-        )
+        mlps = list(enumerate(self.output_hypernetworks_mlps))[mask_slice]
+        hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in mlps], dim=1)
         src = src.reshape(-1, h, w, c)
         if min_iou is None:
             return self.upscale_masks(src, hyper_in), iou_pred
         live = (iou_pred[:, mask_slice] > min_iou).any(1)
-        masks = torch.full((B, self.num_mask_tokens, 4 * h, 4 * w), -torch.inf, dtype=hyper_in.dtype)
+        masks = torch.full((B, hyper_in.shape[1], 4 * h, 4 * w), -torch.inf, dtype=hyper_in.dtype)
         if live.any():
             masks[live] = self.upscale_masks(src.expand(B, -1, -1, -1)[live], hyper_in[live])
         return masks, iou_pred

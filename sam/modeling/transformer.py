@@ -137,7 +137,8 @@ class Attention(nn.Module):
         qh = self._separate_heads(self.q_proj(q)) * (self.internal_dim // h) ** -0.5
         # q . (Wk x + bk) = (Wk^T q) . x + const: the key bias shifts a softmax row and drops out
         qk = torch.einsum("bhnd,hdc->bhnc", qh, self._per_head(self.k_proj.weight)).flatten(1, 2)
-        attn = torch.softmax(qk @ k.transpose(1, 2), dim=-1)  # B x HN x L
+        # B x HN x L, computed as L x HN: the long image side as the row operand is ~2x faster on CPUs
+        attn = torch.softmax((k @ qk.transpose(1, 2)).transpose(1, 2).contiguous(), dim=-1)
         # softmax rows sum to one, so attn @ (Wv x + bv) = Wv (attn @ x) + bv
         out = torch.einsum("bhnc,hdc->bnhd", (attn @ v).view(b, h, n, -1), self._per_head(self.v_proj.weight))
         return self.out_proj(out.flatten(2) + self.v_proj.bias)
@@ -156,10 +157,10 @@ class Attention(nn.Module):
         kh = self._separate_heads(self.k_proj(k)) * (self.internal_dim // h) ** -0.5  # B x H x N x d
         kq = torch.einsum("bhnd,hdc->bhnc", kh, self._per_head(self.q_proj.weight)).flatten(1, 2)  # B x HN x C
         bias = (kh @ self.q_proj.bias.view(h, -1, 1)).flatten(1, 2)  # B x HN x 1, the query bias . k
-        if q.shape[0] == 1:  # one product for all prompts
+        if q.shape[0] == 1 and b > 1:  # one product for all prompts
             scores = torch.addmm(bias.flatten(0, 1), kq.flatten(0, 1), q[0].T).view(b, h * n, -1)
-        else:
-            scores = torch.baddbmm(bias, kq, q.transpose(1, 2))  # B x HN x L
+        else:  # B x HN x L, computed as L x HN (as in tokens_to_image)
+            scores = torch.baddbmm(bias.transpose(1, 2), q, kq.transpose(1, 2)).transpose(1, 2).contiguous()
         attn = torch.softmax(scores.view(b, h, n, -1), dim=2).view(b, h * n, -1)  # over each head's tokens
         vh = self._separate_heads(self.v_proj(v))  # B x H x N x d
         # The output projection goes into each head's values; each head's weights sum to one over its
