@@ -184,6 +184,7 @@ async function pump() {
   } catch (e) {
     res = { error: 'The server did not answer: ' + (e && e.message ? e.message : e) };
   }
+  req.answered = performance.now();
   try {
     await apply(req, res || {});
   } catch (e) {
@@ -211,11 +212,11 @@ async function apply(req, res) {
     if (req.hid !== S.hoverId) return;
     S.hover = { ...hover, x: req.x, y: req.y };
     draw();
-    record('hover', req.t0, res);
+    record('hover', req, res);
     return;
   }
   await applyState(res);
-  record(req.type, req.t0, res);
+  record(req.type, req, res);
   if (req.type === 'add' && !res.error) q('.sam-name').value = '';
 }
 
@@ -269,9 +270,10 @@ function everythingButton() {
   q('.sam-everything').textContent = S.everything && S.everythingOn ? 'Hide everything' : 'Everything';
 }
 
-function record(type, t0, res) {
-  if (!t0) return;
-  S.timings.push({ type, ms: performance.now() - t0, server_ms: res.ms });
+// ms: from the user's action to the answer drawn; answer_ms: to the answer received; server_ms: the server's work.
+function record(type, req, res) {
+  if (!req.t0) return;
+  S.timings.push({ type, ms: performance.now() - req.t0, answer_ms: req.answered - req.t0, server_ms: res.ms });
   if (S.timings.length > 1000) S.timings.shift();
 }
 
