@@ -8,8 +8,12 @@ times clicks and hover moves from the input event to the end of drawing the answ
   PNG decoding and drawing in the page). Clicks come in groups of three on one object (the first gives
   three candidates, the next two refine with one mask), then the object is cleared (not timed).
 - hover: from the last pointer move (the page waits 30 ms of rest before asking) to the preview drawn.
+- click on the preview: the pointer rests, the preview is drawn, then a click at the same place (how
+  people click); the server answers with the preview's decode instead of decoding again. In groups of
+  three as above.
 
-python benchmarks/bench_app_click.py [--clicks 50] [--hovers 50] [--image examples/coffee.jpg] [--url URL]
+python benchmarks/bench_app_click.py [--clicks 50] [--hovers 50] [--previewed 30] [--image examples/coffee.jpg]
+    [--url URL]
 """
 
 import argparse
@@ -44,7 +48,7 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {"n": len(v), "p50": float(np.percentile(v, 50)), "p95": float(np.percentile(v, 95)), "max": float(v.max())}
 
 
-def run(url: str, image: Path, clicks: int, hovers: int) -> dict:
+def run(url: str, image: Path, clicks: int, hovers: int, previewed: int) -> dict:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -64,18 +68,25 @@ def run(url: str, image: Path, clicks: int, hovers: int) -> dict:
         for _ in range(hovers):
             x, y = image_to_page(page, rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h)
             act(page, "hover", lambda x=x, y=y: page.mouse.move(x, y, steps=2))
+        for i in range(previewed):
+            if i % 3 == 0:
+                act(page, "clear", lambda: page.click(".sam-clear"))
+            x, y = image_to_page(page, rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h)
+            act(page, "hover", lambda x=x, y=y: page.mouse.move(x, y, steps=2))
+            act(page, "point", lambda: (page.mouse.down(), page.mouse.up()))
         timings = page.evaluate(f"{DEBUG}.timings()")
         assert page.errors == [], page.errors
         browser.close()
     out = {"status": status, "image": f"{image.name} ({w}x{h})", "upload_and_embed_s": round(upload_s, 2)}
-    for kind in ("point", "hover"):
-        rows = [t for t in timings if t["type"] == kind]
+    points = [t for t in timings if t["type"] == "point"]
+    hovers_only = [t for t in timings if t["type"] == "hover"][:hovers]
+    for kind, rows in (("point", points[:clicks]), ("hover", hovers_only), ("click_on_preview", points[clicks:])):
         out[kind] = {
             "page_ms": percentiles([t["ms"] for t in rows]),
             "answer_ms": percentiles([t["answer_ms"] for t in rows]),
             "server_ms": percentiles([t["server_ms"] for t in rows]),
         }
-    firsts = [t["ms"] for t in [t for t in timings if t["type"] == "point"][::3]]
+    firsts = [t["ms"] for t in points[:clicks:3]]
     out["point"]["first_click_page_ms"] = percentiles(firsts)
     return out
 
@@ -84,6 +95,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clicks", type=int, default=50)
     parser.add_argument("--hovers", type=int, default=50)
+    parser.add_argument("--previewed", type=int, default=30, help="clicks where the hover preview is shown")
     parser.add_argument("--image", type=Path, default=REPO / "examples" / "coffee.jpg")
     parser.add_argument("--url", help="an app already running (default: start one on a loopback Hub)")
     parser.add_argument("--cache", type=Path, help="folder for the random checkpoints (default: a temporary one)")
@@ -102,13 +114,13 @@ def main() -> None:
                 app_on_hub(checkpoints, tmp, ["--model", "sam-vit-base"], overrides={"facebook/sam-vit-base": vit_b},
                            extra_env={"SAM_DECODE_THREADS": str(args.decode_threads)})
             )
-        result = run(url, args.image.resolve(), args.clicks, args.hovers)
+        result = run(url, args.image.resolve(), args.clicks, args.hovers, args.previewed)
         if args.url is None:  # the app's resident memory with the model loaded, after the embedding and clicks
             result["server_rss_mb"] = round(rss_mb(app_pid(url)))
     result["machine"] = f"{platform.processor() or platform.machine()}, {_cores()} cores"
     result["decode_threads"] = args.decode_threads if args.url is None else "as the app at --url"
     print(json.dumps(result, indent=1))
-    for kind in ("point", "hover"):
+    for kind in ("point", "hover", "click_on_preview"):
         page, answer, server = (result[kind][k] for k in ("page_ms", "answer_ms", "server_ms"))
         print(f"{kind}: page p50 {page['p50']:.0f} ms, p95 {page['p95']:.0f} ms (n={page['n']}); "
               f"answer received p50 {answer['p50']:.0f} ms; "

@@ -3,12 +3,14 @@
 Plain Python and numpy: the model is reached through a decoder passed to each call (`sam.service.Decoder`
 or anything with the same `decode` / `masks` methods), so all of this is tested without a browser.
 A session holds only small things: keys into the shared caches, the prompts, the current candidates'
-low-res logits (at most 3x256x256 float32, 0.8 MB) and finished objects as compressed COCO RLE.
+low-res logits (at most 3x256x256 float32, 0.8 MB; the last decode's answer and mask input are kept too,
+at most twice that) and finished objects as compressed COCO RLE.
 
 The flow follows Meta's predictor notebook: one point -> three candidates, the best selected; each
 further prompt is decoded with the selected candidate's low-res logits as `mask_input` and one output.
 Undo replays the remaining prompts (with the candidates picked at each step), so it gives back exactly
-the earlier masks.
+the earlier masks. A hover preview asks the decoder exactly what a click at the same place would ask, so
+a click where the preview is shown reuses its answer instead of decoding again, as in Meta's demo.
 """
 
 import math
@@ -89,6 +91,7 @@ class AppSession:
     token: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
     touched: float = field(default_factory=time.monotonic)
+    _last: tuple | None = field(default=None, repr=False)  # (decode inputs, low_res, scores) of the last decode
 
     # image and model ---------------------------------------------------------------------------------
     def set_image(self, image: ImageRef, model_name: str) -> None:
@@ -139,8 +142,8 @@ class AppSession:
         points, labels, box = self._inputs(prompts)
         mask_input = self.low_res[self.selected] if n > 1 and self.low_res is not None else None
         multimask = n == 1 and prompts[0].kind == "point"
-        low_res, scores = decoder.decode(points, labels, box, mask_input, multimask)
-        self.low_res, self.scores = np.asarray(low_res, dtype=np.float32), np.asarray(scores, dtype=np.float32)
+        low_res, scores = self._decode(decoder, points, labels, box, mask_input, multimask)
+        self.low_res, self.scores = low_res, scores
         choice = prompts[-1].choice
         self.selected = choice if choice is not None and 0 <= choice < len(scores) else int(np.argmax(scores))
 
@@ -177,9 +180,21 @@ class AppSession:
         prompts = [*self.prompts, Prompt("point", (x, y), 1)][-MAX_PROMPTS:]
         points, labels, box = self._inputs(prompts)
         mask_input = self.low_res[self.selected] if self.low_res is not None else None
-        low_res, scores = decoder.decode(points, labels, box, mask_input, len(prompts) == 1)
+        low_res, scores = self._decode(decoder, points, labels, box, mask_input, len(prompts) == 1)
         best = int(np.argmax(scores))
-        return np.asarray(low_res[best], dtype=np.float32), float(scores[best])
+        return low_res[best], float(scores[best])
+
+    def _decode(self, decoder: DecoderLike, points, labels, box, mask_input, multimask: bool):
+        """decoder.decode as float32 arrays; the last answer again when the inputs are the same."""
+        inputs = (self.model_name, self.image and self.image.key, multimask,
+                  *(None if a is None else (a.shape, a.tobytes()) for a in (points, labels, box)))
+        last = self._last
+        if last is not None and last[0] == inputs and _same(last[1], mask_input):
+            return last[2], last[3]
+        low_res, scores = decoder.decode(points, labels, box, mask_input, multimask)
+        low_res, scores = np.asarray(low_res, dtype=np.float32), np.asarray(scores, dtype=np.float32)
+        self._last = (inputs, mask_input, low_res, scores)
+        return low_res, scores
 
     # objects ----------------------------------------------------------------------------------------------
     def add_object(self, decoder: DecoderLike, name: str = "") -> SessionObject:
@@ -232,9 +247,14 @@ class AppSession:
     def close(self) -> None:
         """Drop the arrays (called when the session expires)."""
         self.clear()
+        self._last = None
         self.objects = []
         self.everything = []
         self.image = None
+
+
+def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    return a is b or (a is not None and b is not None and np.array_equal(a, b))
 
 
 def clean_name(name: Any) -> str:

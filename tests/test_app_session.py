@@ -122,6 +122,34 @@ def test_preview_does_not_change_the_object(session):
     assert len(session.prompts) == 1
 
 
+def test_a_click_where_the_preview_is_shown_reuses_its_decode(session):
+    dec, fresh = FakeDecoder(), AppSession()
+    fresh.set_image(session.image, "m")
+    session.preview(dec, 30, 20)
+    session.add_point(dec, 30, 20, 1)  # the same question as the preview: answered without the decoder
+    fresh.add_point(FakeDecoder(), 30, 20, 1)
+    assert len(dec.calls) == 1
+    np.testing.assert_array_equal(session.low_res, fresh.low_res)
+    np.testing.assert_array_equal(session.scores, fresh.scores)
+    assert session.selected == fresh.selected == 1
+
+    session.preview(dec, 40, 25)
+    session.add_point(dec, 40, 25, 0)  # a negative point there is another question
+    assert len(dec.calls) == 3 and dec.calls[-1]["labels"].tolist() == [1, 0]
+
+
+def test_a_preview_is_not_reused_once_another_candidate_is_chosen(session):
+    dec = FakeDecoder()
+    session.add_point(dec, 30, 20, 1)
+    candidates = session.low_res.copy()
+    session.preview(dec, 10, 10)  # refines the selected candidate 1
+    np.testing.assert_array_equal(dec.calls[-1]["mask_input"], candidates[1])
+    session.choose(0)
+    session.add_point(dec, 10, 10, 1)
+    assert len(dec.calls) == 3
+    np.testing.assert_array_equal(dec.calls[-1]["mask_input"], candidates[0])
+
+
 def test_objects_are_named_coloured_and_start_a_new_object(session):
     dec = FakeDecoder()
     session.add_point(dec, 30, 20, 1)

@@ -269,6 +269,22 @@ def test_open_image_and_click(server, image):
     assert decode_png(hover["hover"]["png"]).shape == (120, 160) and len(session.prompts) == 1
 
 
+def test_a_click_on_the_previewed_point_draws_the_preview_without_decoding(server, image, monkeypatch):
+    _, session, _ = opened(server, image)
+    hover = server.sam_act({"token": session.token, "type": "hover", "x": 50, "y": 60})
+    calls = []
+    decode = Decoder.decode
+    monkeypatch.setattr(Decoder, "decode", lambda self, *a: calls.append(a) or decode(self, *a))
+    out = server.sam_act({"token": session.token, "type": "point", "x": 50, "y": 60})
+    assert calls == [] and out["candidates"][out["selected"]]["png"] == hover["hover"]["png"]
+    p = predictor_for(server.service.models.get("m0"), image)
+    masks, scores, _ = p.predict(np.array([[50, 60]]), np.array([1]))
+    for cand, mask in zip(out["candidates"], masks, strict=True):
+        np.testing.assert_array_equal(decode_png(cand["png"]), mask)
+    server.sam_act({"token": session.token, "type": "point", "x": 50, "y": 60, "label": 0})
+    assert len(calls) == 1
+
+
 def test_objects_are_sent_only_when_the_page_is_out_of_date(server, image):
     _, session, _ = opened(server, image)
     t = session.token
