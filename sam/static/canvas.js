@@ -69,7 +69,7 @@ function draw() {
   if (S.everything && S.everythingOn) paint(S.everything.layer, 0.55);
   for (const o of S.objects) paint(o.layer, 0.45);
   const cand = S.candidates[S.selected];
-  if (cand) paint(cand.layer, 0.5);
+  if (cand && cand.layer) paint(cand.layer, 0.5);
   if (S.hover && S.hoverOn) paint(S.hover.layer, 0.4);
   ctx.globalAlpha = 1;
   const sx = W / S.width, sy = H / S.height, dpr = window.devicePixelRatio || 1;
@@ -118,9 +118,10 @@ function renderCandidates() {
     b.type = 'button';
     b.className = 'sam-cand' + (i === S.selected ? ' sam-active' : '');
     b.textContent = 'Mask ' + (i + 1) + ' · IoU ' + c.score.toFixed(2);
-    b.addEventListener('click', () => {
+    b.addEventListener('click', async () => {
       S.selected = i;
       renderCandidates();
+      if (!c.layer) await c.ready;
       draw();
       enqueue({ type: 'choose', index: i });
     });
@@ -200,6 +201,15 @@ async function masks(list, color) {
   return Promise.all((list || []).map(async (m) => ({ ...m, layer: await layer(m.png, color || m.color) })));
 }
 
+// The selected candidate is decoded before the answer is drawn; the others, one click away, after it.
+async function candidateMasks(list, selected) {
+  const cands = (list || []).map((m) => ({ ...m, layer: null }));
+  const first = cands[selected];
+  if (first) first.layer = await layer(first.png, CANDIDATE);
+  for (const c of cands) if (!c.layer) c.ready = layer(c.png, CANDIDATE).then((l) => { c.layer = l; });
+  return cands;
+}
+
 async function apply(req, res) {
   if (res.error) {
     if (res.expired) { S.ready = false; S.token = null; }
@@ -222,7 +232,7 @@ async function apply(req, res) {
 
 async function applyState(v) {
   const [cands, objs] = await Promise.all([
-    'candidates' in v ? masks(v.candidates, CANDIDATE) : null,
+    'candidates' in v ? candidateMasks(v.candidates, 'selected' in v ? v.selected : S.selected) : null,
     'objects' in v ? masks(v.objects) : null,
   ]);
   if (v.everything) await setEverything(v.everything);
@@ -493,7 +503,7 @@ root.samDebug = {
   // A mask layer ('candidate', 'hover' or an object index) as {width, height, count, box: [x0, y0, x1, y1]}.
   maskInfo: (which) => {
     const m = which === 'candidate' ? S.candidates[S.selected] : which === 'hover' ? S.hover : S.objects[which];
-    if (!m) return null;
+    if (!m || !m.layer) return null;
     const c = m.layer, data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
     let count = 0, x0 = c.width, y0 = c.height, x1 = -1, y1 = -1;
     for (let i = 3, p = 0; i < data.length; i += 4, p++) {
