@@ -91,7 +91,7 @@ class AppSession:
     token: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
     touched: float = field(default_factory=time.monotonic)
-    _last: tuple | None = field(default=None, repr=False)  # (decode inputs, low_res, scores) of the last decode
+    _last: tuple | None = field(default=None, repr=False)  # the last decode: (inputs, mask_input, low_res, scores)
 
     # image and model ---------------------------------------------------------------------------------
     def set_image(self, image: ImageRef, model_name: str) -> None:
@@ -184,7 +184,15 @@ class AppSession:
         best = int(np.argmax(scores))
         return low_res[best], float(scores[best])
 
-    def _decode(self, decoder: DecoderLike, points, labels, box, mask_input, multimask: bool):
+    def _decode(
+        self,
+        decoder: DecoderLike,
+        points: np.ndarray | None,
+        labels: np.ndarray | None,
+        box: np.ndarray | None,
+        mask_input: np.ndarray | None,
+        multimask: bool,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """decoder.decode as float32 arrays; the last answer again when the inputs are the same."""
         inputs = (self.model_name, self.image and self.image.key, multimask,
                   *(None if a is None else (a.shape, a.tobytes()) for a in (points, labels, box)))
