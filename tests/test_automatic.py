@@ -9,6 +9,8 @@ of a +-20 low-res region is exactly the region (every pixel inside weighs at lea
 every record can be checked pixel for pixel.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -27,8 +29,10 @@ from sam.amg import (
     remove_small_regions,
 )
 from sam.automatic import SamAutomaticMaskGenerator
+from sam.build import build_sam
 from sam.modeling.sam import PIXEL_MEAN, PIXEL_STD, Sam
 from sam.transforms import ResizeLongestSide
+from tests.reference import TINY
 
 # (x0, y0, x1, y1), exclusive ends, on multiples of 8 (grid points are 4 px from any edge); background elsewhere.
 RECTS = [
@@ -408,3 +412,13 @@ def test_cli_errors(tmp_path, capsys):
         run(str(tmp_path / "a.png"), "--output", str(tmp_path / "out"), "--points-per-side", "0")
     assert exit_info.value.code == 2
     assert "--points-per-side: expected an integer >= 1, got '0'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("original_size", [(768, 1024), (1024, 1024), (1500, 2000), (300, 200)])
+def test_postprocess_masks_equals_metas(original_size):
+    """Sam.postprocess_masks gives Meta's numbers exactly, also where it skips the same-size resize."""
+    input_size = ResizeLongestSide.get_preprocess_shape(*original_size, 1024)
+    logits = smooth_logits(3, 256, seed=1, noise=0.1)
+    model = build_sam(dataclasses.replace(TINY, img_size=1024))
+    ours = model.postprocess_masks(logits[None], input_size, original_size)[0]
+    assert torch.equal(ours, meta_postprocess(logits, 1024, input_size, original_size))

@@ -82,5 +82,6 @@ class Sam(nn.Module):
         masks = masks.flatten(0, 1)[:, None]  # B*C one-channel images: the same numbers, ~2.5x faster on a CPU
         masks = F.interpolate(masks, (self.img_size, self.img_size), mode="bilinear", align_corners=False)
         masks = masks[..., : input_size[0], : input_size[1]]
-        masks = F.interpolate(masks, tuple(original_size), mode="bilinear", align_corners=False)
+        if masks.shape[-2:] != tuple(original_size):  # at the same size bilinear is the identity
+            masks = F.interpolate(masks, tuple(original_size), mode="bilinear", align_corners=False)
         return masks.view(b, c, *masks.shape[-2:])
