@@ -3,9 +3,10 @@
     python -m benchmarks.bench_speed [--runs 3] [--bf16]
 
 Rows: ViT-B embedding of a 1024x768 image (Meta's SamPredictor.set_image, transformers' SamModel,
-ours), TinyViT embedding (mobilesam-mirror, ours), one click -> masks at the original resolution,
-ViT-B load from the local Hub cache, and peak resident memory of a process that loads ViT-B and
-embeds one image. Random weights of the real sizes; the same weights in Meta's model and ours.
+ours; the references also under bf16 autocast where bf16 runs), TinyViT embedding (mobilesam-mirror,
+ours), one click -> masks at the original resolution, ViT-B load from the local Hub cache, and peak
+resident memory of a process that loads ViT-B and embeds one image. Random weights of the real sizes;
+the same weights in Meta's model and ours.
 bf16 rows run where the CPU has AMX or AVX512-BF16 (or with --bf16): elsewhere bf16 is emulated and slow.
 """
 
@@ -60,6 +61,10 @@ def embedding_rows(runs: int, bf16: bool) -> list[tuple[str, str, float]]:
     ref, ours = twin_models(CONFIGS["vit_b"], seed=0)
     meta_pred = MetaPredictor(ref)
     rows = [("ViT-B embedding", "segment-anything fp32", timeit(lambda: meta_pred.set_image(image), runs))]
+    if bf16:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            t = timeit(lambda: meta_pred.set_image(image), runs)
+        rows.append(("ViT-B embedding", "segment-anything bf16 autocast", t))
     hf = SamModel(HFSamConfig()).eval()
     hf.set_attn_implementation("eager")
     pixels = torch.randn(1, 3, 1024, 1024)
@@ -89,6 +94,10 @@ def tinyvit_rows(runs: int, bf16: bool) -> list[tuple[str, str, float]]:
     ours.load_state_dict({k: v for k, v in ref.state_dict().items() if not k.startswith("pixel_")})
     meta_pred, pred = MobilePredictor(ref), SamPredictor(ours)
     rows = [("TinyViT embedding", "mobilesam-mirror fp32", timeit(lambda: meta_pred.set_image(image), runs))]
+    if bf16:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            t = timeit(lambda: meta_pred.set_image(image), runs)
+        rows.append(("TinyViT embedding", "mobilesam-mirror bf16 autocast", t))
     rows.append(("TinyViT embedding", "ours fp32", timeit(lambda: pred.set_image(image), runs)))
     if bf16:
         ours.set_precision(torch.bfloat16)
