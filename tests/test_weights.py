@@ -1,6 +1,8 @@
 """sam.weights without a network: the table of known models, the key remap, shapes, local files, errors."""
 
+import gc
 import logging
+import os
 import re
 
 import pytest
@@ -171,6 +173,27 @@ def test_local_safetensors_and_folder(tmp_path, checkpoints):
     (tmp_path / "only_pth" / "a.pth").write_bytes(b"")
     with pytest.raises(WeightsError, match="needs config.json and model.safetensors; it holds a.pth"):
         load_model(str(tmp_path / "only_pth"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads Linux's /proc/self/maps")
+@pytest.mark.parametrize("name", ["tiny", "vit_b"])
+def test_bf16_load_releases_the_checkpoint_file(checkpoints, name):
+    """The fp32 weights that bf16 replaces do not stay resident through the file's memory map."""
+    folder = checkpoints.transformers(name)
+
+    def mapped() -> bool:
+        return any(str(folder) in line for line in open("/proc/self/maps"))
+
+    fp32 = load_model(str(folder))
+    assert mapped()  # fp32 weights are the mapped file itself: nothing copied
+    bf16 = load_model(str(folder), dtype="bfloat16")
+    del fp32
+    gc.collect()
+    assert not mapped()
+    ref = load_model(str(folder)).set_precision(torch.bfloat16).state_dict()
+    ours = bf16.state_dict()
+    assert ours.keys() == ref.keys() and all(torch.equal(ours[k], ref[k]) for k in ref)
+    assert bf16.precision == "bfloat16" and ours["image_encoder.patch_embed.proj.weight"].dtype == torch.bfloat16
 
 
 def test_key_errors_name_the_keys(tmp_path):
