@@ -10,7 +10,8 @@ import pytest
 import torch
 from segment_anything import SamPredictor as MetaPredictor
 
-from sam import CONFIGS, SamPredictor
+from sam import CONFIGS, SamPredictor, build_sam
+from sam.build import SamConfig, TinyViTConfig
 from tests.reference import MASK_TOL, PROMPTS, RTOL, TINY, assert_same_prediction, rel_err, test_image, twin_models
 
 
@@ -122,3 +123,12 @@ def test_errors_are_clear(tiny_pair):
     fresh = SamPredictor(pred.model)
     with pytest.raises(RuntimeError, match="set_image"):
         fresh.predict(point_coords=np.array([[1, 2]]), point_labels=np.array([1]))
+
+
+@pytest.mark.parametrize("config", [TINY, SamConfig(TinyViTConfig(), img_size=256)], ids=["vit", "tiny_vit"])
+def test_encoders_allocate_on_the_inputs_device(config):
+    """No CPU-only buffers in the forward pass: the shape-only 'meta' device stands in for an accelerator."""
+    model = build_sam(config).eval().to("meta")
+    with torch.no_grad():
+        out = model.encode(torch.empty(1, 3, 256, 256, device="meta"))
+    assert out.device.type == "meta" and out.shape == (1, 256, 16, 16)

@@ -149,7 +149,7 @@ def attention(
     groups = max(1, SCORE_BLOCK // (rows * N))
     q, kt = q * scale, k.transpose(1, 2)
     rel_h, rel_w = rel_h.float().unsqueeze(-1), rel_w.float().unsqueeze(-2)
-    out = torch.empty(G, N, v.shape[-1], dtype=v.dtype)
+    out = torch.empty(G, N, v.shape[-1], dtype=v.dtype, device=v.device)
     for g in range(0, G, groups):
         gs = slice(g, g + groups)
         for i in range(0, N, rows):

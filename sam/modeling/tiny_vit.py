@@ -166,7 +166,7 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: to
     scores stay in cache: in bf16, 1.6x-2x faster than scaled_dot_product_attention with a bf16 mask.
     """
     B, h, N, d = q.shape
-    out = torch.empty(B, h, N, d, dtype=v.dtype)
+    out = torch.empty(B, h, N, d, dtype=v.dtype, device=v.device)
     step = max(1, SCORE_BLOCK // (h * N * N))
     for b in range(0, B, step):
         w = slice(b, b + step)
