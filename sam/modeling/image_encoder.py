@@ -5,6 +5,8 @@ checkpoints load strictly. Attention is computed a block of score rows at a time
 the full (HW)x(HW) score and bias matrices of a global block are never made.
 """
 
+from collections.abc import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -124,8 +126,13 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each B x heads x HW x head_dim
         rel_h, rel_w = rel_pos_terms(q, self.rel_pos_h, self.rel_pos_w, (H, W))
-        flat = (t.reshape(B * self.num_heads, N, -1) for t in (q, k, v, rel_h, rel_w))
-        x = attention(*flat, scale=self.scale).view(B, self.num_heads, N, -1)
+        rel_h, rel_w = (t.float().reshape(B * self.num_heads, N, -1) for t in (rel_h, rel_w))
+
+        def add_rel_pos(scores: torch.Tensor, groups: slice, rows: slice) -> None:
+            scores.view(*scores.shape[:-1], H, W).add_(rel_h[groups, rows, :, None]).add_(rel_w[groups, rows, None, :])
+
+        q, k, v = (t.reshape(B * self.num_heads, N, -1) for t in (q, k, v))
+        x = attention(q, k, v, add_rel_pos, scale=self.scale).view(B, self.num_heads, N, -1)
         return self.proj(x.transpose(1, 2).reshape(B, H, W, -1))
 
 
@@ -133,30 +140,33 @@ SCORE_BLOCK = 1 << 21  # score elements per block: 8 MB in fp32, within the proc
 
 
 def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor, *, scale: float
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    add_bias: Callable[[torch.Tensor, slice, slice], None],
+    *,
+    scale: float,
 ) -> torch.Tensor:
-    """softmax(scale * q @ k^T + bias) @ v, bias[n, h * W + w] = rel_h[n, h] + rel_w[n, w], as Meta computes it.
+    """softmax(scale * q @ k^T + bias) @ v, the bias added by add_bias(scores, groups, rows) in place.
 
-    q, k, v: G x N x d; rel_h: G x N x H; rel_w: G x N x W with N = H * W -> G x N x d, in v's dtype.
-    The products run in q's dtype; the scores, bias and softmax are fp32 whatever it is (bf16 scores would
-    round by up to 2^-9 of their size). Work goes a block of rows (or of whole groups) at a time, which
-    keeps the scores in cache: for ViT-B's global blocks that is 2.5x faster than the fused
-    scaled_dot_product_attention kernel with the bias as its mask.
+    q, k, v: G x ... x N x d -> G x ... x N x d in v's dtype; scores: g x ... x n x N for the groups and
+    query rows given. The products run in q's dtype; the scores and softmax are fp32 whatever it is
+    (bf16 scores would round by up to 2^-9 of their size). Work goes a block of rows or of whole groups
+    at a time, so the scores stay in cache and no (N x N) matrix of a large N is ever made.
     """
-    G, N, _ = q.shape
-    H, W = rel_h.shape[-1], rel_w.shape[-1]
-    rows = min(N, max(1, SCORE_BLOCK // N))
-    groups = max(1, SCORE_BLOCK // (rows * N))
-    q, kt = q * scale, k.transpose(1, 2)
-    rel_h, rel_w = rel_h.float().unsqueeze(-1), rel_w.float().unsqueeze(-2)
-    out = torch.empty(G, N, v.shape[-1], dtype=v.dtype, device=v.device)
+    G, N = q.shape[0], q.shape[-2]
+    per_row = q[0, ..., 0, 0].numel() * N
+    rows = min(N, max(1, SCORE_BLOCK // per_row))
+    groups = max(1, SCORE_BLOCK // (rows * per_row))
+    q, kt = q * scale, k.transpose(-1, -2)
+    out = torch.empty(*q.shape[:-1], v.shape[-1], dtype=v.dtype, device=v.device)
     for g in range(0, G, groups):
         gs = slice(g, g + groups)
         for i in range(0, N, rows):
             r = slice(i, i + rows)
-            s = torch.bmm(q[gs, r], kt[gs]).float()
-            s.view(*s.shape[:2], H, W).add_(rel_h[gs, r]).add_(rel_w[gs, r])
-            torch.bmm(s.softmax(-1).to(v.dtype), v[gs], out=out[gs, r])
+            s = torch.matmul(q[gs, ..., r, :], kt[gs]).float()
+            add_bias(s, gs, r)
+            torch.matmul(s.softmax(-1).to(v.dtype), v[gs], out=out[gs, ..., r, :])
     return out
 
 
