@@ -45,6 +45,12 @@ def timeit(fn, runs: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def timeit_bf16_autocast(fn, runs: int) -> float:
+    """timeit under torch.autocast to bf16: how a reference implementation runs in bf16."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return timeit(fn, runs)
+
+
 def cpu_name() -> str:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -62,8 +68,7 @@ def embedding_rows(runs: int, bf16: bool) -> list[tuple[str, str, float]]:
     meta_pred = MetaPredictor(ref)
     rows = [("ViT-B embedding", "segment-anything fp32", timeit(lambda: meta_pred.set_image(image), runs))]
     if bf16:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            t = timeit(lambda: meta_pred.set_image(image), runs)
+        t = timeit_bf16_autocast(lambda: meta_pred.set_image(image), runs)
         rows.append(("ViT-B embedding", "segment-anything bf16 autocast", t))
     hf = SamModel(HFSamConfig()).eval()
     hf.set_attn_implementation("eager")
@@ -72,8 +77,7 @@ def embedding_rows(runs: int, bf16: bool) -> list[tuple[str, str, float]]:
         embed = hf.get_image_embeddings
         rows.append(("ViT-B embedding", "transformers fp32 eager", timeit(lambda: embed(pixels), runs)))
         if bf16:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                t = timeit(lambda: embed(pixels), runs)
+            t = timeit_bf16_autocast(lambda: embed(pixels), runs)
             rows.append(("ViT-B embedding", "transformers bf16 autocast eager", t))
     pred = SamPredictor(ours)
     rows.append(("ViT-B embedding", "ours fp32", timeit(lambda: pred.set_image(image), runs)))
@@ -95,8 +99,7 @@ def tinyvit_rows(runs: int, bf16: bool) -> list[tuple[str, str, float]]:
     meta_pred, pred = MobilePredictor(ref), SamPredictor(ours)
     rows = [("TinyViT embedding", "mobilesam-mirror fp32", timeit(lambda: meta_pred.set_image(image), runs))]
     if bf16:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            t = timeit(lambda: meta_pred.set_image(image), runs)
+        t = timeit_bf16_autocast(lambda: meta_pred.set_image(image), runs)
         rows.append(("TinyViT embedding", "mobilesam-mirror bf16 autocast", t))
     rows.append(("TinyViT embedding", "ours fp32", timeit(lambda: pred.set_image(image), runs)))
     if bf16:
