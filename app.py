@@ -2,7 +2,7 @@
 
 python app.py [--model NAME_OR_PATH]  (or SAM_MODEL=...); serves on 127.0.0.1:7860 unless
 GRADIO_SERVER_NAME / GRADIO_SERVER_PORT say otherwise. Layout and wiring only: the logic is in
-sam.canvas (the page's requests), sam.app_session (per-visitor state) and sam.service (shared models
+sam.app.canvas (the page's requests), sam.app.session (per-visitor state) and sam.app.service (shared models
 and caches).
 """
 
@@ -22,11 +22,11 @@ from starlette.middleware import Middleware
 
 from sam import limits
 from sam.allocator import reuse_freed_memory
-from sam.app_session import AppSession, SessionRegistry
-from sam.body_limit import BodyLimit
-from sam.canvas import CanvasServer, SamCanvas, model_error
+from sam.app.body_limit import BodyLimit
+from sam.app.canvas import CanvasServer, SamCanvas, model_error
+from sam.app.service import DEFAULT_MODEL, Models, Service, everything, everything_json, load, segment
+from sam.app.session import AppSession, SessionRegistry
 from sam.images import ImageError, frame_count, load_image
-from sam.service import DEFAULT_MODEL, Models, Service, everything, everything_json, load, segment
 from sam.weights import KNOWN_MODELS
 
 EXAMPLES = sorted((Path(__file__).parent / "examples").glob("*.jpg"))

@@ -30,17 +30,18 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.browser import (  # noqa: E402  (the loopback Hub and app launcher the tests use)
+from tests.helpers.browser import (  # noqa: E402  (the loopback Hub and app launcher the tests use)
     DEBUG,
     act,
     app_on_hub,
+    app_pid,
     image_to_page,
     launch_chromium,
     open_app,
+    rss_mb,
     upload,
 )
-from tests.hub import Checkpoints  # noqa: E402
-from tests.test_soak import app_pid, rss_mb  # noqa: E402
+from tests.helpers.hub import Checkpoints  # noqa: E402
 
 
 def percentiles(values: list[float]) -> dict[str, float]:

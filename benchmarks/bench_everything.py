@@ -29,7 +29,7 @@ from sam.allocator import reuse_freed_memory  # noqa: E402
 from sam.automatic import SamAutomaticMaskGenerator  # noqa: E402
 from sam.build import CONFIGS  # noqa: E402
 from sam.predictor import ImageEmbedding  # noqa: E402
-from tests.reference import test_image, twin_models  # noqa: E402
+from tests.helpers.reference import test_image, twin_models  # noqa: E402
 
 THRESHOLDS = {
     "default": dict(pred_iou_thresh=0.88, stability_score_thresh=0.95),

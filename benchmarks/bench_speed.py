@@ -28,7 +28,7 @@ from sam import ImageEmbedding, SamPredictor
 from sam.allocator import reuse_freed_memory
 from sam.build import CONFIGS, build_sam
 from sam.precision import bf16_is_fast
-from tests.reference import random_state_dict, test_image, twin_models
+from tests.helpers.reference import random_state_dict, test_image, twin_models
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -130,7 +130,7 @@ def load_rows(runs: int) -> list[tuple[str, str, float]]:
     from transformers import SamModel
 
     from sam.weights import load_model
-    from tests.hub import Checkpoints, LocalHub
+    from tests.helpers.hub import Checkpoints, LocalHub
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Checkpoints(Path(tmp)).transformers("vit_b")
@@ -154,7 +154,7 @@ def load_rows(runs: int) -> list[tuple[str, str, float]]:
 
 MEMORY_SCRIPT = """
 import sys, numpy as np, torch
-from tests.reference import test_image
+from tests.helpers.reference import test_image
 if sys.argv[1] == "ours":
     from sam import ImageEmbedding, SamPredictor
     from sam.weights import load_model

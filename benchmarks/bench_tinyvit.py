@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sam.build import build_sam  # noqa: E402
 from sam.precision import bf16_is_fast  # noqa: E402
-from tests.test_tinyvit import random_tinyvit_weights  # noqa: E402
+from tests.helpers.reference import random_tinyvit_weights  # noqa: E402
 
 with warnings.catch_warnings():  # mobile_sam imports timm's deprecated module paths
     warnings.simplefilter("ignore")

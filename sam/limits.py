@@ -1,7 +1,7 @@
 """Every limit the app sets on what visitors send, in one place.
 
 README, "Limits and failure modes", says what a visitor sees when one is reached. The cache and session
-sizes can be changed through the environment variables named beside them (read by sam.service and app.py).
+sizes can be changed through the environment variables named beside them (read by sam.app.service and app.py).
 `Deadline` stops long work between its steps (Gradio has no time limit for a running request).
 """
 

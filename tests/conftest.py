@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.hub import Checkpoints, LocalHub
+from tests.helpers.hub import Checkpoints, LocalHub
 
 
 @pytest.fixture(scope="session")

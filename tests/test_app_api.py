@@ -15,11 +15,11 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from pycocotools import mask as mask_utils
 
+from sam.app.service import read_image
+from sam.app.threads import torch_threads
 from sam.automatic import SamAutomaticMaskGenerator
 from sam.masks import mask_to_box
-from sam.service import read_image
-from sam.threads import torch_threads
-from tests.browser import REPO, app_on_hub, default_predictor
+from tests.helpers.browser import REPO, app_on_hub, default_predictor
 
 COFFEE = REPO / "examples" / "coffee.jpg"
 

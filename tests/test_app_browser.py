@@ -18,11 +18,11 @@ from PIL import Image
 from playwright.sync_api import sync_playwright
 
 from sam import SamPredictor
+from sam.app.service import read_image
+from sam.app.threads import torch_threads
 from sam.automatic import SamAutomaticMaskGenerator
-from sam.service import read_image
-from sam.threads import torch_threads
 from sam.weights import load_model
-from tests.browser import (
+from tests.helpers.browser import (
     CANVAS,
     DEBUG,
     REPO,
@@ -38,7 +38,7 @@ from tests.browser import (
     state,
     upload,
 )
-from tests.hub import hub_env
+from tests.helpers.hub import hub_env
 
 pytestmark = pytest.mark.browser
 COFFEE = str(REPO / "examples" / "coffee.jpg")

@@ -1,11 +1,11 @@
-"""Per-visitor state of the app (sam.app_session), with a decoder that records its calls."""
+"""Per-visitor state of the app (sam.app.session), with a decoder that records its calls."""
 
 import gc
 
 import numpy as np
 import pytest
 
-from sam.app_session import (
+from sam.app.session import (
     COLORS,
     MAX_OBJECTS,
     MAX_PROMPTS,

@@ -18,8 +18,8 @@ from segment_anything.modeling import Sam as MetaSam
 from sam import masks
 from sam.automatic import SamAutomaticMaskGenerator
 from sam.build import SamConfig, ViTConfig
-from tests.reference import test_image, twin_models
-from tests.test_automatic import oracle_sam, region_image
+from tests.helpers.oracle import oracle_sam, region_image
+from tests.helpers.reference import test_image, twin_models
 
 SMALL = SamConfig(
     ViTConfig(32, 2, 2, (1,), window_size=4),

@@ -276,7 +276,7 @@ def test_arrays_and_pil_images():
 @pytest.fixture(scope="module")
 def tiny_model():
     from sam.build import build_sam
-    from tests.reference import TINY, random_state_dict
+    from tests.helpers.reference import TINY, random_state_dict
 
     model = build_sam(TINY)
     model.load_state_dict(random_state_dict(model, 0))
@@ -316,7 +316,7 @@ def write(folder: Path, name: str, data: bytes) -> Path:
 
 @pytest.fixture(scope="module")
 def app_url(checkpoints, tmp_path_factory):
-    from tests.browser import app_on_hub
+    from tests.helpers.browser import app_on_hub
 
     with app_on_hub(checkpoints, tmp_path_factory.mktemp("bad-images"), ["--model", "sam-vit-base"]) as url:
         yield url
@@ -325,13 +325,13 @@ def app_url(checkpoints, tmp_path_factory):
 @pytest.fixture(scope="module")
 def app_predictor(checkpoints):
     """What the app's sam-vit-base is on the loopback Hub."""
-    from tests.browser import default_predictor
+    from tests.helpers.browser import default_predictor
 
     return default_predictor(checkpoints)
 
 
 def test_every_bad_file_gets_its_message_in_the_page_and_the_session_stays(app_url):
-    from tests.page_client import PageClient
+    from tests.helpers.page_client import PageClient
 
     page = PageClient(app_url)
     try:
@@ -355,7 +355,7 @@ def test_every_bad_file_gets_its_message_in_the_page_and_the_session_stays(app_u
 
 def test_unusual_files_are_segmented_as_the_viewer_shows_them(app_url, app_predictor):
     """EXIF-rotated, 16-bit, CMYK, transparent, animated: a click on the red square lands on it."""
-    from tests.page_client import PageClient
+    from tests.helpers.page_client import PageClient
 
     upright = np.asarray(photo())
     rgba = np.dstack([upright, np.full(upright.shape[:2], 255, np.uint8)])
@@ -387,7 +387,7 @@ def test_unusual_files_are_segmented_as_the_viewer_shows_them(app_url, app_predi
 
 
 def test_a_large_image_is_embedded_at_model_size_and_exported_at_full_size(app_url, app_predictor, tmp_path):
-    from tests.page_client import PageClient
+    from tests.helpers.page_client import PageClient
 
     rng = np.random.default_rng(2)
     image = cv2.resize(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8), (4000, 3000), interpolation=cv2.INTER_LINEAR)
@@ -427,7 +427,7 @@ def png_mask(url: str) -> np.ndarray:
 def test_a_bad_upload_in_the_browser_keeps_the_image_and_objects(app_url, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    from tests.browser import CANVAS, DEBUG, REPO, act, click, launch_chromium, open_app, state, upload
+    from tests.helpers.browser import CANVAS, DEBUG, REPO, act, click, launch_chromium, open_app, state, upload
 
     random_png = write(tmp_path, "random.png", bad_corpus()["random.png"][0])
     strip = write(tmp_path, "strip.png", bad_corpus()["tall-strip.png"][0])

@@ -6,19 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from huggingface_hub import constants, snapshot_download
 
 from sam.weights import KNOWN_MODELS, WeightsError, load_model
-from tests.hub import commit_hash, hub_env
-
-BASE = "facebook/sam-vit-base"
-WEIGHTS = "model.safetensors"
-
-
-def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+from tests.helpers.hub import BASE, WEIGHTS, commit_hash, hub_env, same_weights
 
 
 @pytest.fixture

@@ -18,10 +18,9 @@ from gradio_client import Client, handle_file
 from huggingface_hub import constants
 
 from sam.weights import WeightsError, load_model
-from tests.browser import REPO, run_app
-from tests.hub import LocalHub, hub_env
-from tests.page_client import PageClient
-from tests.test_hub import BASE, WEIGHTS, same_weights
+from tests.helpers.browser import REPO, run_app
+from tests.helpers.hub import BASE, WEIGHTS, LocalHub, hub_env, same_weights
+from tests.helpers.page_client import PageClient
 
 COFFEE = REPO / "examples" / "coffee.jpg"
 

@@ -18,14 +18,14 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from sam import limits
+from sam.app.body_limit import BodyLimit
+from sam.app.service import Models, Service, everything
 from sam.automatic import SamAutomaticMaskGenerator
-from sam.body_limit import BodyLimit
 from sam.limits import Deadline, TimeLimitError
-from sam.service import Models, Service, everything
-from tests.browser import REPO, app_on_hub
-from tests.page_client import PageClient
-from tests.test_automatic import oracle_sam, region_image
-from tests.test_service import CountingLoader
+from tests.helpers.browser import REPO, app_on_hub
+from tests.helpers.loaders import CountingLoader
+from tests.helpers.oracle import oracle_sam, region_image
+from tests.helpers.page_client import PageClient
 
 COFFEE = REPO / "examples" / "coffee.jpg"
 LIMIT = limits.MAX_BODY_KB << 10

@@ -12,7 +12,16 @@ from segment_anything import SamPredictor as MetaPredictor
 
 from sam import CONFIGS, SamPredictor, build_sam
 from sam.build import SamConfig, TinyViTConfig
-from tests.reference import MASK_TOL, PROMPTS, RTOL, TINY, assert_same_prediction, rel_err, test_image, twin_models
+from tests.helpers.reference import (
+    MASK_TOL,
+    PROMPTS,
+    RTOL,
+    TINY,
+    assert_same_prediction,
+    rel_err,
+    test_image,
+    twin_models,
+)
 
 
 @pytest.fixture(scope="module")

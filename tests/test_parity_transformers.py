@@ -22,7 +22,7 @@ import torch
 
 from sam import ImageEmbedding, SamPredictor
 from sam.weights import load_model
-from tests.reference import test_image
+from tests.helpers.reference import test_image
 
 RTOL = 1e-4
 

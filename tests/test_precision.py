@@ -11,7 +11,7 @@ import torch
 from sam import SamPredictor
 from sam.build import SamConfig, TinyViTConfig, ViTConfig, build_sam
 from sam.precision import bf16_is_fast, resolve_dtype
-from tests.reference import PROMPTS, meta_sam, random_tinyvit_weights, rel_err, test_image, twin_models
+from tests.helpers.reference import PROMPTS, meta_sam, random_tinyvit_weights, rel_err, test_image, twin_models
 
 # ViT-B's width and depth, and MobileSAM's whole TinyViT, at a small input, so the tests stay fast on any CPU.
 VIT_B_SMALL = SamConfig(ViTConfig(768, 12, 12, (2, 5, 8, 11)), img_size=256)

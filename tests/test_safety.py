@@ -18,9 +18,9 @@ from PIL import Image
 
 from sam.limits import MAX_PROMPTS
 from sam.weights import WeightsError, load_model
-from tests.browser import REPO, app_on_hub, run_app
-from tests.hub import LocalHub, hub_env
-from tests.page_client import EventError, PageClient
+from tests.helpers.browser import REPO, app_on_hub, run_app
+from tests.helpers.hub import LocalHub, hub_env
+from tests.helpers.page_client import EventError, PageClient
 
 COFFEE = REPO / "examples" / "coffee.jpg"  # 600 x 400
 UNSAFE_CALLS = {"pickle.load", "pickle.loads", "torch.jit.load", "eval", "exec", "os.system", "subprocess.run"}
@@ -261,8 +261,8 @@ def test_the_api_still_answers_after_bad_requests(client):
 
 def test_bad_prompts_through_segment(tmp_path):
     """The same rules for the Python function behind the endpoint."""
-    from sam.service import Models, Service, segment
-    from tests.test_service import CountingLoader
+    from sam.app.service import Models, Service, segment
+    from tests.helpers.loaders import CountingLoader
 
     service = Service(Models(CountingLoader()), cache_items=2, cache_mb=16, image_cache_mb=16)
     image = np.zeros((40, 60, 3), np.uint8)

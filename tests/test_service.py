@@ -1,7 +1,6 @@
-"""What the app shares between visitors (sam.service) and the server side of the canvas (sam.canvas)."""
+"""What the app shares between visitors (sam.app.service) and the server side of the canvas (sam.app.canvas)."""
 
 import base64
-import functools
 import io
 import json
 import threading
@@ -13,14 +12,9 @@ import torch
 from PIL import Image
 
 from sam import SamPredictor
-from sam.app_session import AppSession, SessionRegistry
-from sam.automatic import SamAutomaticMaskGenerator
-from sam.build import build_sam
-from sam.canvas import CanvasServer, display_size, label_data_url, mask_data_url, palette
-from sam.hub import WeightsError
-from sam.lru import LRU
-from sam.masks import decode_coco_rle
-from sam.service import (
+from sam.app.canvas import CanvasServer, display_size, label_data_url, mask_data_url, palette
+from sam.app.lru import LRU
+from sam.app.service import (
     Decoder,
     Models,
     Service,
@@ -31,29 +25,12 @@ from sam.service import (
     read_image,
     segment,
 )
-from sam.threads import Workload, torch_threads
-from tests.reference import TINY, random_state_dict
-
-
-@functools.cache  # models are only read: build each once
-def tiny_model(seed: int = 0):
-    model = build_sam(TINY)
-    model.load_state_dict(random_state_dict(model, seed))
-    model.weights_source = f"tiny seed {seed}"
-    return model
-
-
-class CountingLoader:
-    def __init__(self):
-        self.loads: list[str] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, name: str):
-        if name == "broken":
-            raise WeightsError("cannot fetch broken: check the network")
-        with self.lock:
-            self.loads.append(name)
-        return tiny_model(int(name[-1]) if name[-1].isdigit() else 0)
+from sam.app.session import AppSession, SessionRegistry
+from sam.app.threads import Workload, torch_threads
+from sam.automatic import SamAutomaticMaskGenerator
+from sam.hub import WeightsError
+from sam.masks import decode_coco_rle
+from tests.helpers.loaders import CountingLoader
 
 
 @pytest.fixture

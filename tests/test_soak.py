@@ -21,36 +21,16 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from sam import SamPredictor
+from sam.app.threads import torch_threads
 from sam.masks import decode_coco_rle
-from sam.threads import torch_threads
-from tests.browser import app_on_hub, default_predictor
-from tests.page_client import PageClient
+from tests.helpers.browser import app_on_hub, app_pid, default_predictor, rss_mb
+from tests.helpers.page_client import PageClient
 
 SECONDS = float(os.environ.get("SAM_SOAK_SECONDS", "120"))
 SESSIONS = int(os.environ.get("SAM_SOAK_SESSIONS", "20"))
 PAGES = 4
 RSS_LIMIT_MB = 1536  # the app process: torch, gradio, a tiny model and caches of small images (835 MB measured)
 RSS_GROWTH_MB = 300  # from the end of the first quarter of the run to its end
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def app_pid(url: str) -> int:
-    """The `python app.py` child of this process serving on url's port."""
-    port = url.rsplit(":", 1)[1].strip("/")
-    me = os.getpid()
-    for tid in os.listdir(f"/proc/{me}/task"):
-        for pid in Path(f"/proc/{me}/task/{tid}/children").read_text().split():
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            if b"app.py" in cmd and f"GRADIO_SERVER_PORT={port}".encode() in env:
-                return int(pid)
-    raise RuntimeError(f"no app.py child serving {url}")
 
 
 def images_for(worker: int, folder: Path) -> list[tuple[Path, np.ndarray]]:

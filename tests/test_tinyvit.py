@@ -17,7 +17,7 @@ from sam import SamPredictor, build_sam
 from sam.modeling import tiny_vit
 from sam.modeling.tiny_vit import TinyViT
 from sam.transforms import ResizeLongestSide
-from tests.reference import RTOL, assert_same_prediction, random_tinyvit_weights, rel_err, test_image
+from tests.helpers.reference import RTOL, assert_same_prediction, random_tinyvit_weights, rel_err, test_image
 
 with warnings.catch_warnings():  # mobile_sam imports timm's deprecated module paths
     warnings.simplefilter("ignore")

@@ -26,8 +26,8 @@ from sam.weights import (
     to_meta_key,
     to_transformers_key,
 )
-from tests.hub import SLIM_HF, TINY_HF, VIT_B_HF, write_meta
-from tests.reference import TINY, meta_sam
+from tests.helpers.hub import SLIM_HF, TINY_HF, VIT_B_HF, write_meta
+from tests.helpers.reference import TINY, meta_sam
 
 # What checkpoints.md and the model pages give: name -> (repo id, files).
 EXPECTED = {

@@ -18,8 +18,8 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from .app_session import AppSession, ImageRef, SessionRegistry, parse_action
 from .service import Decoder, Embedded, Service, everything, model_info
+from .session import AppSession, ImageRef, SessionRegistry, parse_action
 
 logger = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -259,7 +259,7 @@ class CanvasServer:
 
     def export(self, session: AppSession | None, folder: str | Path) -> Path:
         """All objects of the session in one zip (sam.export.build_zip) written into `folder`."""
-        from .export import ExportObject, build_zip, safe_name
+        from ..export import ExportObject, build_zip, safe_name
 
         if not isinstance(session, AppSession) or session.image is None:
             raise ValueError("upload an image first")
@@ -275,7 +275,7 @@ class CanvasServer:
 
     def everything(self, session: AppSession | None, progress=None, **generator_args) -> dict[str, Any]:
         """Segment everything in the session's image -> the view with an "everything" label image."""
-        from .masks import rle_to_mask
+        from ..masks import rle_to_mask
 
         if not isinstance(session, AppSession) or session.image is None:
             raise ValueError("upload an image first")

@@ -1,6 +1,6 @@
 """One visitor's state in the app: which image, the prompts of the current object, its candidate masks, objects.
 
-Plain Python and numpy: the model is reached through a decoder passed to each call (`sam.service.Decoder`
+Plain Python and numpy: the model is reached through a decoder passed to each call (`sam.app.service.Decoder`
 or anything with the same `decode` / `masks` methods), so all of this is tested without a browser.
 A session holds only small things: keys into the shared caches, the prompts, the current candidates'
 low-res logits (at most 3x256x256 float32, 0.8 MB; the last decode's answer and mask input are kept too,
@@ -25,8 +25,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .limits import MAX_NAME, MAX_OBJECTS, MAX_PROMPTS
-from .masks import area, decode_coco_rle, encode_coco_rle, mask_to_box
+from ..limits import MAX_NAME, MAX_OBJECTS, MAX_PROMPTS
+from ..masks import area, decode_coco_rle, encode_coco_rle, mask_to_box
 
 MAX_EVERYTHING = 255  # masks kept from "segment everything" (they fit one 8-bit label image)
 COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#9a6324", "#469990")
@@ -68,7 +68,7 @@ class SessionObject:
 
 @dataclass
 class ImageRef:
-    key: str  # content hash (see sam.service.image_key)
+    key: str  # content hash (see sam.app.service.image_key)
     width: int
     height: int
     name: str = "image"

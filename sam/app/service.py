@@ -1,6 +1,6 @@
 """What the app shares between all its visitors: models loaded once per name, bounded caches, decoding.
 
-A Gradio app serves every visitor from one process. Sessions (`sam.app_session`) keep only keys into
+A Gradio app serves every visitor from one process. Sessions (`sam.app.session`) keep only keys into
 the caches here: a model is loaded once per name and shared; an image embedding is cached by image
 content in an LRU bounded in bytes and entries, so an example or a re-upload is instant for anyone.
 Everything here is thread-safe. Image embeddings run one at a time (they use every core); decoding runs
@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .images import load_image, prepare
-from .limits import EVERYTHING_TIMEOUT_S, MAX_PIXELS, MAX_PROMPTS, Deadline
+from ..images import load_image, prepare
+from ..limits import EVERYTHING_TIMEOUT_S, MAX_PIXELS, MAX_PROMPTS, Deadline
+from ..modeling.sam import Sam
+from ..predictor import ImageEmbedding, SamPredictor
 from .lru import LRU
-from .modeling.sam import Sam
-from .predictor import ImageEmbedding, SamPredictor
 from .threads import Workload
 
 DEFAULT_MODEL = "sam-vit-base"
@@ -65,7 +65,7 @@ def model_info(name: str, model: Sam) -> dict[str, object]:
 
 def load(name: str, precision: str = "float32") -> Sam:
     """load_model(name) with the image encoder in `precision` ('float32', 'bfloat16' or 'auto')."""
-    from .weights import load_model
+    from ..weights import load_model
 
     return load_model(name, dtype=precision)
 
@@ -322,7 +322,7 @@ def segment(
     Returns {"size": [H, W], "masks": [RLE, ...], "scores": [...], "boxes": [[x0, y0, x1, y1], ...], "model": ...}
     with 3 masks when multimask else 1, best score first.
     """
-    from .masks import encode_coco_rle, mask_to_box
+    from ..masks import encode_coco_rle, mask_to_box
 
     pts, lab, bx = _prompt_arrays(points, labels, box)
     _inside(pts, bx, image.shape[0], image.shape[1])
@@ -358,7 +358,7 @@ def everything(
     It runs under the embedding lock: like an embedding, it keeps both cores busy for a while; past
     `service.everything_timeout_s` of its own work it stops with sam.limits.TimeLimitError (a ValueError).
     """
-    from .automatic import SamAutomaticMaskGenerator
+    from ..automatic import SamAutomaticMaskGenerator
 
     embedded = service.embed(model_name, key, path)
     image = service.image(key, path)
@@ -376,7 +376,7 @@ def everything(
 
 def everything_json(records: list[dict], model_name: str) -> dict[str, object]:
     """Records of `everything` -> JSON for scripts: COCO RLE masks (pycocotools decodes them), scores, boxes."""
-    from .masks import encode_coco_rle, rle_to_mask
+    from ..masks import encode_coco_rle, rle_to_mask
 
     size = records[0]["segmentation"]["size"] if records else None
     return {

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from sam.build import SamConfig
-from tests.reference import TINY, meta_sam, random_state_dict
+from tests.helpers.reference import TINY, meta_sam, random_state_dict
 
 LFS_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")  # served with a sha256 ETag, like the Hub's LFS files
 
@@ -251,7 +251,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 # ----------------------------------------------------------------------------- checkpoint writers
 
-# transformers SamConfig kwargs. TINY_HF matches tests.reference.TINY (ViT 64 wide, 4 blocks, 256 px input).
+# transformers SamConfig kwargs. TINY_HF matches tests.helpers.reference.TINY (ViT 64 wide, 4 blocks, 256 px input).
 TINY_HF = dict(
     vision_config=dict(
         hidden_size=64,
@@ -360,3 +360,12 @@ class Checkpoints:
             else:
                 files[known.files[0]] = self.meta("tiny", seed)
         return repos
+
+
+BASE = "facebook/sam-vit-base"
+WEIGHTS = "model.safetensors"
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

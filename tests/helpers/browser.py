@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.hub import Checkpoints, LocalHub, hub_env
+from tests.helpers.hub import Checkpoints, LocalHub, hub_env
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]
@@ -162,3 +162,23 @@ def mask_info(page, which) -> dict | None:
 
 def env_without_hub() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def app_pid(url: str) -> int:
+    """The `python app.py` child of this process serving on url's port."""
+    port = url.rsplit(":", 1)[1].strip("/")
+    me = os.getpid()
+    for tid in os.listdir(f"/proc/{me}/task"):
+        for pid in Path(f"/proc/{me}/task/{tid}/children").read_text().split():
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            if b"app.py" in cmd and f"GRADIO_SERVER_PORT={port}".encode() in env:
+                return int(pid)
+    raise RuntimeError(f"no app.py child serving {url}")
