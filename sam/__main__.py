@@ -1,4 +1,4 @@
-"""`python -m sam`: see sam/cli.py."""
+"""`python -m sam`, the same as the `sam` command: see sam/cli/."""
 
 from .cli import main
 

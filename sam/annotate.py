@@ -6,8 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from .api import SAM, list_images, read_image
+from .api import SAM, read_file
 from .export import yolo_lines
+from .images import list_images
 
 Detector = Callable[[np.ndarray], tuple[Any, Any]]
 
@@ -118,7 +119,7 @@ def auto_annotate(
 
         paths = tqdm(paths, desc="annotate", unit="image")
     for path in paths:
-        image = read_image(path)
+        image = read_file(path)
         boxes, cls = _detections(*detect(image, path))
         if keep_classes is not None:
             wanted = np.isin(cls, list(keep_classes))

@@ -13,11 +13,8 @@ Prompt nesting (pixels of the original image; labels 1 foreground, 0 background)
 No prompt segments everything (`SamAutomaticMaskGenerator`).
 """
 
-import glob
 import hashlib
 import inspect
-import math
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,12 +23,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .images import ImageError, load_image
+from .images import ImageError, list_images, load_image
 from .modeling.sam import Sam
 from .predictor import SamPredictor
+from .prompts import as_tensors, check_boxes, check_points
 from .results import Results
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+from .weights import load_model
 
 # Names the Ultralytics docs use for segment-everything -> SamAutomaticMaskGenerator's (Meta's) names.
 EVERYTHING_ALIASES = {
@@ -54,112 +51,52 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
-def list_images(source: str | Path) -> list[Path]:
-    """A file, a folder (its images, sorted) or a glob pattern -> image paths; FileNotFoundError if none."""
-    text = str(source)
-    if any(c in text for c in "*?["):
-        paths = [Path(p) for p in sorted(glob.glob(text, recursive=True))]
-        paths = [p for p in paths if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-    else:
-        path = Path(source)
-        if path.is_dir():
-            paths = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.is_file():
-            return [path]
-        else:
-            raise FileNotFoundError(f"no such file or folder: {text}")
-    if not paths:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {text}")
-    return paths
-
-
-def to_rgb(image: np.ndarray | Image.Image) -> np.ndarray:
-    """PIL image or uint8 array (HxW, HxWx3 RGB, HxWx4 RGBA) -> HxWx3 uint8 RGB."""
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image, got dtype {image.dtype}")
-    if image.ndim == 2:
-        return np.repeat(image[:, :, None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise ValueError(f"expected an HxW, HxWx3 or HxWx4 image, got shape {image.shape}")
-    return np.ascontiguousarray(image[:, :, :3])
-
-
-class ImageReadError(ValueError):
-    """An image file that exists but cannot be decoded."""
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """An image file -> HxWx3 uint8 RGB as the user sees it; ImageReadError if it cannot be read.
-
-    Decoding is sam.images.load_image's (EXIF orientation, first frame, alpha on white, 16-bit scaled), with
-    PIL's own decompression-bomb limit instead of the app's upload limits.
-    """
-    try:
-        return load_image(path, max_pixels=Image.MAX_IMAGE_PIXELS or sys.maxsize, max_aspect=math.inf)
-    except ImageError as e:
-        raise ImageReadError(f"cannot read image {path}: {e}") from e
-
-
 def iter_images(source: ImageSource | list) -> Iterator[tuple[np.ndarray, str | None]]:
     """(RGB image, path or None) for each image of a source: path, folder, glob, array, PIL image or a list."""
     if isinstance(source, (list, tuple)):
         for item in source:
             yield from iter_images(item)
     elif isinstance(source, (np.ndarray, Image.Image)):
-        yield to_rgb(source), None
+        yield load_image(source), None
     elif isinstance(source, (str, Path)):
         for path in list_images(source):
-            yield read_image(path), str(path)
+            yield read_file(path), str(path)
     else:
         raise ValueError(f"source must be a path, folder, glob, numpy array or PIL image, got {type(source).__name__}")
 
 
-def _as_array(name: str, value: Any, dtype: type) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
+def read_file(path: str | Path) -> np.ndarray:
+    """An image file -> HxWx3 uint8 RGB; sam.images.ImageError naming the file when it cannot be read."""
     try:
-        return np.asarray(value, dtype=dtype)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{name} must be numbers nested in lists of equal lengths: {e}") from e
+        return load_image(path)
+    except ImageError as e:
+        raise ImageError(f"cannot read image {path}: {e}") from e
 
 
 def prompt_batch(points: Any = None, labels: Any = None, bboxes: Any = None):
     """The docs' nested prompts -> (points BxNx2 | None, labels BxN | None, boxes Bx4 | None), one row per object.
 
-    Returns None when there is no prompt. Raises ValueError for shapes that cannot be paired.
+    Returns None when there is no prompt. Raises ValueError for prompts that break sam.prompts' rules or
+    whose shapes cannot be paired.
     """
-    boxes = None
-    if bboxes is not None:
-        boxes = _as_array("bboxes", bboxes, np.float64)
-        boxes = boxes[None] if boxes.ndim == 1 else boxes
-        if boxes.ndim != 2 or boxes.shape[1] != 4 or len(boxes) == 0:
-            raise ValueError(f"bboxes must be [x0, y0, x1, y1] or a list of them, got shape {boxes.shape}")
-        if (boxes[:, 2] < boxes[:, 0]).any() or (boxes[:, 3] < boxes[:, 1]).any():
-            raise ValueError("each box must be [x0, y0, x1, y1] with x1 >= x0 and y1 >= y0")
+    boxes = None if bboxes is None else check_boxes(bboxes)
     if points is None:
         if labels is not None:
             raise ValueError("labels were given without points")
         return None if boxes is None else (None, None, boxes)
-    pts = _as_array("points", points, np.float64)
-    if pts.ndim not in (1, 2, 3) or pts.shape[-1] != 2 or pts.size == 0:
-        raise ValueError(f"points must be [x, y], [[x, y], ...] or [[[x, y], ...], ...], got shape {pts.shape}")
+    pts = np.asarray(points.detach().cpu() if isinstance(points, torch.Tensor) else points, dtype=object)
+    shape = np.shape(pts)
+    if len(shape) not in (1, 2, 3) or shape[-1] != 2 or pts.size == 0:
+        raise ValueError(f"points must be [x, y], [[x, y], ...] or [[[x, y], ...], ...], got shape {shape}")
+    pts, lbl = check_points(points, np.ones(shape[:-1]) if labels is None else labels)
     pts = pts.reshape(1, 2) if pts.ndim == 1 else pts
-    lbl = np.ones(pts.shape[:-1], dtype=np.int64) if labels is None else _as_array("labels", labels, np.int64)
-    if lbl.size != pts.size // 2:
-        raise ValueError(f"{pts.size // 2} points but {lbl.size} labels")
-    if not np.isin(lbl, (0, 1)).all():
-        raise ValueError("labels must be 1 (foreground) or 0 (background)")
+    lbl = lbl.reshape(pts.shape[:-1])
     if pts.ndim == 2:
         n = len(pts)
         if boxes is not None and len(boxes) == 1 and n > 1:  # a box refined by points: one object
             pts, lbl = pts[None], lbl.reshape(1, n)
         else:  # one object per point
             pts, lbl = pts[:, None], lbl.reshape(n, 1)
-    else:
-        lbl = lbl.reshape(pts.shape[:2])
     if boxes is not None and len(boxes) != len(pts):
         raise ValueError(f"{len(boxes)} boxes but {len(pts)} point groups: give one point group per box")
     return pts, lbl, boxes
@@ -182,15 +119,6 @@ def everything_arguments(kwargs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load(model: "str | Path | Sam", device: str | torch.device | None = "cpu") -> Sam:
-    """A model name, file or `random:<name>` (see `sam.weights.load_model`), or a Sam as it is."""
-    if isinstance(model, Sam):
-        return model.to(resolve_device(device)) if device not in (None, "") else model
-    from .weights import load_model
-
-    return load_model(str(model), device=str(resolve_device(device)))
-
-
 class SAM:
     """A SAM model with the Ultralytics call conventions; `model(...)` and `model.predict(...)` give list[Results].
 
@@ -201,7 +129,10 @@ class SAM:
     def __init__(self, model: "str | Path | Sam" = "sam_b.pt", device: str | torch.device | None = "cpu") -> None:
         self.source = None if isinstance(model, Sam) else str(model)  # None: a module given as it is
         self.name = self.source or getattr(getattr(model, "config", None), "name", "sam")
-        self.model = load(model, device)
+        if isinstance(model, Sam):
+            self.model = model.to(resolve_device(device)) if device not in (None, "") else model
+        else:
+            self.model = load_model(str(model), device=str(resolve_device(device)))
         self.predictor = SamPredictor(self.model)
         self._image: np.ndarray | None = None
         self._image_key: tuple | None = None
@@ -262,8 +193,8 @@ class SAM:
             paths = list_images(image)
             if len(paths) != 1:
                 raise ValueError(f"set_image takes one image, {image} has {len(paths)}")
-            path, image = str(paths[0]), read_image(paths[0])
-        image = to_rgb(image)
+            path, image = str(paths[0]), read_file(paths[0])
+        image = load_image(image)
         key = (image.shape, hashlib.blake2b(image.tobytes(), digest_size=16).digest())
         if key != self._image_key or not self.predictor.is_image_set:
             self.predictor.set_image(image)
@@ -316,20 +247,25 @@ class SAM:
             yield Results(self._image, masks[keep], scores[keep], path, None if logits is None else logits[keep])
 
     def _prompt(self, points, labels, boxes, multimask_output: bool = False):
-        """Batched prompts (original pixels) through `SamPredictor.predict_torch`, PROMPT_CHUNK objects per call."""
+        """Batched prompts (original pixels) through `SamPredictor.predict_torch`, PROMPT_CHUNK objects per call.
+
+        Points must lie on the current image; boxes are clipped to it (sam.prompts' rules).
+        """
         pred = self.predictor
+        size = pred.original_size
+        if points is not None:
+            points, labels = check_points(points, labels, size)
+        if boxes is not None:
+            boxes = check_boxes(boxes, size)
         n = len(points) if points is not None else len(boxes)
         masks, scores, logits = [], [], []
         for s in range(0, n, PROMPT_CHUNK):
             part = slice(s, s + PROMPT_CHUNK)
-            coords_t = labels_t = boxes_t = None
-            if points is not None:
-                coords = pred.transform.apply_coords(points[part], pred.original_size)
-                coords_t = torch.as_tensor(coords, dtype=torch.float, device=self.device)
-                labels_t = torch.as_tensor(labels[part], dtype=torch.int, device=self.device)
-            if boxes is not None:
-                box = pred.transform.apply_boxes(boxes[part], pred.original_size)
-                boxes_t = torch.as_tensor(box, dtype=torch.float, device=self.device)
+            point_t, boxes_t, _ = as_tensors(
+                pred.transform, size, None if points is None else points[part],
+                None if labels is None else labels[part], None if boxes is None else boxes[part], device=self.device,
+            )
+            coords_t, labels_t = point_t if point_t is not None else (None, None)
             m, sc, lr = pred.predict_torch(coords_t, labels_t, boxes_t, multimask_output=multimask_output)
             masks.append(m.flatten(0, 1).cpu().numpy())
             scores.append(sc.flatten(0, 1).float().cpu().numpy())

@@ -25,7 +25,7 @@ from .amg import (
     uncrop_boxes_xyxy,
     uncrop_points,
 )
-from .limits import Deadline
+from .deadline import Deadline
 from .modeling.sam import Sam
 from .predictor import ImageEmbedding, SamPredictor
 
@@ -112,7 +112,7 @@ class SamAutomaticMaskGenerator:
         embedding: the image's embedding if it was computed already (used for the whole-image crop).
         progress: called with (points done, points in total) after each batch of points.
         deadline: checked between crops, batches of points and output masks; past it, the run stops with
-        sam.limits.TimeLimitError (the generator keeps no state from a stopped run).
+        sam.deadline.TimeLimitError (the generator keeps no state from a stopped run).
         """
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:

@@ -3,6 +3,7 @@
 Object names come from users: they are sanitised before they become file names, and made unique.
 """
 
+import colorsys
 import io
 import json
 import re
@@ -34,6 +35,16 @@ class ExportObject:
     @property
     def label(self) -> str:
         return " ".join(str(self.category or self.name).split()) or "object"  # one line in classes.txt
+
+
+def color(i: int) -> tuple[int, int, int]:
+    """Colour i of the one palette (overlays, exports, the page's objects): golden-ratio hues, never black."""
+    r, g, b = colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.55 + 0.35 * (i % 3) / 2, 0.95 - 0.25 * (i % 2))
+    return max(1, round(r * 255)), round(g * 255), round(b * 255)
+
+
+def hex_color(i: int) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*color(i))
 
 
 def safe_name(name: str, default: str = "object", max_len: int = 64) -> str:

@@ -1,14 +1,15 @@
-"""Images from strangers: a file, bytes, a PIL image or an array -> HxWx3 uint8 RGB as the user sees it.
+"""The one image reader: a file, bytes, a PIL image or an array -> HxWx3 uint8 RGB as the user sees it.
 
-Every way into the app goes through `load_image`; what it cannot use raises `ImageError` (a ValueError)
-whose message is meant for the person who sent the image. The decisions (README, "Limits and failure
-modes", lists them too):
+Every way in (the app, the Python APIs, the CLI) goes through `load_image`; what it cannot use raises
+`ImageError` (a ValueError) whose message is meant for the person who sent the image. The decisions
+(docs/limits.md lists them too):
 
 - Formats: JPEG (MPO too), PNG, WebP, GIF, BMP, TIFF, AVIF. Nothing else is tried (no SVG, HTML, PDF;
   Pillow's EPS reader would run Ghostscript).
-- Size: at most `MAX_PIXELS`, checked from the header before anything is decoded, so a decompression
-  bomb costs nothing. Long side / short side at most `MAX_ASPECT`: SAM sees the long side at 1024 px, so
-  a 1x20000 strip would be less than one pixel high; such images are refused rather than padded.
+- Size: at most `max_pixels` (by default Pillow's own decompression-bomb limit), checked from the header
+  before anything is decoded, so a decompression bomb costs nothing. Long side / short side at most
+  `max_aspect` when given: SAM sees the long side at 1024 px, so a 1x20000 strip would be less than one
+  pixel high. The web app passes its own, stricter limits (sam/app/settings.py).
 - EXIF orientation is applied, as browsers do, so a click in the page lands on the same pixel here.
 - The first frame of an animation and the first page of a multi-page TIFF.
 - Transparency is composited on white (the colour under alpha 0 is often black or leftover data).
@@ -17,20 +18,24 @@ modes", lists them too):
 """
 
 import contextlib
+import glob
 import io
+import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .limits import MAX_ASPECT, MAX_PIXELS
 from .transforms import ResizeLongestSide
 
-__all__ = ["FORMATS", "ImageError", "check_size", "frame_count", "load_image", "prepare"]
+__all__ = ["FORMATS", "SUFFIXES", "ImageError", "check_size", "frame_count", "list_images", "load_image", "prepare"]
 
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")  # Pillow's names (phones' MPO files open as JPEG)
 _NAMES = "JPEG, PNG, WebP, GIF, BMP, TIFF or AVIF"
+# File name endings of those formats, for listing a folder (the decoder itself goes by content).
+SUFFIXES = (".jpg", ".jpeg", ".jpe", ".mpo", ".png", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff", ".avif")
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
 
@@ -39,8 +44,10 @@ class ImageError(ValueError):
     """An image that cannot be used; the message says why, for the person who sent it."""
 
 
-def check_size(width: int, height: int, max_pixels: int = MAX_PIXELS, max_aspect: float = MAX_ASPECT) -> None:
-    """Raise ImageError for an empty, too large or too elongated image."""
+def check_size(width: int, height: int, max_pixels: int | None = None, max_aspect: float | None = None) -> None:
+    """Raise ImageError for an empty, too large or too elongated image (None: Pillow's limit / no limit)."""
+    max_pixels = max_pixels or Image.MAX_IMAGE_PIXELS or sys.maxsize
+    max_aspect = max_aspect or math.inf
     if width < 1 or height < 1:
         raise ImageError(f"the image is empty ({width}x{height} pixels)")
     if width * height > max_pixels:
@@ -58,13 +65,15 @@ def check_size(width: int, height: int, max_pixels: int = MAX_PIXELS, max_aspect
 def load_image(
     source: str | os.PathLike | bytes | Image.Image | np.ndarray,
     *,
-    max_pixels: int = MAX_PIXELS,
-    max_aspect: float = MAX_ASPECT,
+    max_pixels: int | None = None,
+    max_aspect: float | None = None,
 ) -> np.ndarray:
     """A file path, the bytes of a file, a PIL image or an array -> HxWx3 uint8 RGB (C-contiguous).
 
     Arrays: HxW, HxWx1, HxWx3 (RGB) or HxWx4 (RGBA); uint8 as is, uint16 scaled, bool 0/255, other
-    integers must lie in 0..255, floats in [0, 1]. Raises ImageError with a message for people.
+    integers must lie in 0..255, floats in [0, 1]. max_pixels: at most this many pixels (default: Pillow's
+    decompression-bomb limit); max_aspect: long side / short side (default: any). Raises ImageError with a
+    message for people.
     """
     limits = dict(max_pixels=max_pixels, max_aspect=max_aspect)
     if isinstance(source, np.ndarray):
@@ -107,14 +116,15 @@ def prepare(image: np.ndarray, long_side: int = 1024) -> tuple[np.ndarray, float
     return ResizeLongestSide(long_side).apply_image(np.ascontiguousarray(image)), long_side / max(h, w)
 
 
-def _decode(fp: Path | io.BytesIO, max_pixels: int, max_aspect: float) -> np.ndarray:
+def _decode(fp: Path | io.BytesIO, max_pixels: int | None, max_aspect: float | None) -> np.ndarray:
     try:
         with Image.open(fp, formats=FORMATS) as im:
             return _from_pil(im, max_pixels, max_aspect)
     except ImageError:
         raise
     except Image.DecompressionBombError:  # Pillow's own limit, above ours: raised before decoding
-        raise ImageError(f"the image is larger than {max_pixels // 1_000_000} megapixels") from None
+        limit = (max_pixels or Image.MAX_IMAGE_PIXELS) // 1_000_000
+        raise ImageError(f"the image is larger than {limit} megapixels") from None
     except UnidentifiedImageError:
         raise ImageError(f"could not read the image: it is not a {_NAMES} file") from None
     except MemoryError:
@@ -124,7 +134,7 @@ def _decode(fp: Path | io.BytesIO, max_pixels: int, max_aspect: float) -> np.nda
         raise ImageError(f"could not read the image: the file is damaged or truncated ({detail})") from None
 
 
-def _from_pil(im: Image.Image, max_pixels: int = MAX_PIXELS, max_aspect: float = MAX_ASPECT) -> np.ndarray:
+def _from_pil(im: Image.Image, max_pixels: int | None, max_aspect: float | None) -> np.ndarray:
     check_size(im.width, im.height, max_pixels, max_aspect)  # before anything is decoded
     if getattr(im, "n_frames", 1) > 1:
         im.seek(0)
@@ -151,7 +161,7 @@ def _rgb_from_grey(grey: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
 
 
-def _from_array(a: np.ndarray, max_pixels: int = MAX_PIXELS, max_aspect: float = MAX_ASPECT) -> np.ndarray:
+def _from_array(a: np.ndarray, max_pixels: int | None, max_aspect: float | None) -> np.ndarray:
     a = np.asarray(a)
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[:, :, 0]
@@ -178,3 +188,22 @@ def _from_array(a: np.ndarray, max_pixels: int = MAX_PIXELS, max_aspect: float =
         alpha = a[:, :, 3:].astype(np.float32) / 255.0
         a = np.rint(a[:, :, :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
     return np.ascontiguousarray(a[:, :, :3])
+
+
+def list_images(source: str | os.PathLike) -> list[Path]:
+    """A file, a folder (its images, sorted) or a glob pattern -> image paths; FileNotFoundError if none."""
+    text = str(source)
+    if any(c in text for c in "*?["):
+        paths = [Path(p) for p in sorted(glob.glob(text, recursive=True))]
+        paths = [p for p in paths if p.is_file() and p.suffix.lower() in SUFFIXES]
+    else:
+        path = Path(source)
+        if path.is_dir():
+            paths = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+        elif path.is_file():
+            return [path]
+        else:
+            raise FileNotFoundError(f"no such file or folder: {text}")
+    if not paths:
+        raise FileNotFoundError(f"no images ({', '.join(SUFFIXES)}) found in {text}")
+    return paths

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from .modeling.sam import Sam
+from .prompts import as_tensors
 from .transforms import ResizeLongestSide
 
 
@@ -90,23 +91,19 @@ class SamPredictor:
         logits with return_logits), scores C and low-res logits Cx256x256, C = 3 with multimask_output else 1.
         """
         self._require_image()
-        coords_t = labels_t = box_t = mask_t = None
         if point_coords is not None:
             if point_labels is None:
                 raise ValueError("point_labels must be given with point_coords")
-            point_coords = np.asarray(point_coords, dtype=float).reshape(-1, 2)
-            point_labels = np.asarray(point_labels).reshape(-1)
-            if len(point_labels) != len(point_coords):
-                raise ValueError(f"{len(point_coords)} points but {len(point_labels)} labels")
-            coords = self.transform.apply_coords(point_coords, self.original_size)
-            coords_t = torch.as_tensor(coords, dtype=torch.float, device=self.device)[None]
-            labels_t = torch.as_tensor(point_labels, dtype=torch.int, device=self.device)[None]
+            point_coords = np.asarray(point_coords, dtype=float).reshape(1, -1, 2)
+            point_labels = np.asarray(point_labels).reshape(1, -1)
+            if point_labels.shape[1] != point_coords.shape[1]:
+                raise ValueError(f"{point_coords.shape[1]} points but {point_labels.shape[1]} labels")
         if box is not None:
-            box = self.transform.apply_boxes(np.asarray(box, dtype=float).reshape(-1, 4), self.original_size)
-            box_t = torch.as_tensor(box, dtype=torch.float, device=self.device)[:1]
-        if mask_input is not None:
-            mask_t = torch.as_tensor(np.asarray(mask_input), dtype=torch.float, device=self.device)
-            mask_t = mask_t.reshape(1, 1, *mask_t.shape[-2:])
+            box = np.asarray(box, dtype=float).reshape(-1, 4)[:1]
+        points_t, box_t, mask_t = as_tensors(
+            self.transform, self.original_size, point_coords, point_labels, box, mask_input, self.device
+        )
+        coords_t, labels_t = points_t if points_t is not None else (None, None)
         masks, scores, low_res = self.predict_torch(
             coords_t, labels_t, box_t, mask_t, multimask_output=multimask_output, return_logits=return_logits
         )

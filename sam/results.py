@@ -7,16 +7,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .export import ExportObject, coco_json, yolo_lines
+from .export import ExportObject, coco_json, color, yolo_lines
 from .masks import mask_to_box, mask_to_polygons, normalize_polygons
-
-
-def palette(i: int) -> tuple[int, int, int]:
-    """A distinct, stable RGB colour for index i (hues spread by the golden ratio)."""
-    import colorsys
-
-    r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895 + 0.1) % 1.0, 0.75, 1.0)
-    return int(r * 255), int(g * 255), int(b * 255)
 
 
 @dataclass
@@ -70,19 +62,19 @@ class Results:
 
         out = self.orig_img.astype(np.float32)
         for i, mask in enumerate(self.masks):
-            out[mask] = out[mask] * (1 - alpha) + np.array(palette(i), np.float32) * alpha
+            out[mask] = out[mask] * (1 - alpha) + np.array(color(i), np.float32) * alpha
         out = np.ascontiguousarray(out.round().astype(np.uint8))
         for i, polys in enumerate(self.polygons):
-            color = palette(i)
+            rgb = color(i)
             if polys:
-                cv2.polylines(out, [p.astype(np.int32) for p in polys], True, color, line_width)
+                cv2.polylines(out, [p.astype(np.int32) for p in polys], True, rgb, line_width)
             if self.masks[i].any() and (boxes or labels):
                 x0, y0, x1, y1 = (int(v) for v in self.boxes[i])
                 if boxes:
-                    cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), color, line_width)
+                    cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), rgb, line_width)
                 if labels:
                     text = f"{i}: {float(self.scores[i]):.2f}"
-                    cv2.putText(out, text, (x0 + 2, max(y0 - 4, 12)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, color, 1)
+                    cv2.putText(out, text, (x0 + 2, max(y0 - 4, 12)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, rgb, 1)
         return out
 
     def save(self, filename: str | Path) -> Path:
@@ -94,7 +86,7 @@ class Results:
 
     def objects(self, category: str = "object") -> list[ExportObject]:
         return [
-            ExportObject(f"{category}_{i}", m, float(s), palette(i), category)
+            ExportObject(f"{category}_{i}", m, float(s), color(i), category)
             for i, (m, s) in enumerate(zip(self.masks, self.scores))
         ]
 

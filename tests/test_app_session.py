@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from sam.app.session import (
-    COLORS,
     MAX_OBJECTS,
     MAX_PROMPTS,
     Action,
@@ -16,6 +15,7 @@ from sam.app.session import (
     clean_name,
     parse_action,
 )
+from sam.export import hex_color
 
 H, W = 40, 60
 
@@ -155,12 +155,12 @@ def test_objects_are_named_coloured_and_start_a_new_object(session):
     session.add_point(dec, 30, 20, 1)
     expected = dec.masks(session.low_res)[session.selected]
     obj = session.add_object(dec, "  cup\n<b> ")
-    assert obj.name == "cup b" and obj.color == COLORS[0]
+    assert obj.name == "cup b" and obj.color == hex_color(0)
     np.testing.assert_array_equal(obj.mask(), expected)
     assert obj.area == int(expected.sum()) and obj.score == pytest.approx(0.9)
     assert session.prompts == [] and session.low_res is None  # the next click starts a new object
     session.add_point(dec, 10, 10, 1)
-    assert session.add_object(dec).name == "object 2" and session.objects[1].color == COLORS[1]
+    assert session.add_object(dec).name == "object 2" and session.objects[1].color == hex_color(1)
     version = session.objects_version
     session.delete_object(0)
     assert [o.name for o in session.objects] == ["object 2"] and session.objects_version == version + 1

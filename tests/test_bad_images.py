@@ -5,6 +5,7 @@ array a viewer shows. Then the same corpus through the app's server side and, in
 page: a bad upload shows its message and the session's objects stay.
 """
 
+import functools
 import io
 import re
 import struct
@@ -17,11 +18,16 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from sam import SamPredictor
-from sam.images import ImageError, check_size, frame_count, load_image, prepare
-from sam.limits import MAX_ASPECT, MAX_PIXELS
+from sam import SamPredictor, images
+from sam.app.settings import MAX_ASPECT, MAX_PIXELS
+from sam.images import ImageError, frame_count, prepare
 
 RED = (255, 0, 0)
+
+# What the app reads from visitors: sam.images with the app's limits (sam/app/settings.py).
+LIMITS = dict(max_pixels=MAX_PIXELS, max_aspect=MAX_ASPECT)
+load_image = functools.partial(images.load_image, **LIMITS)
+check_size = functools.partial(images.check_size, **LIMITS)
 
 
 def encode(im: Image.Image, fmt: str, **kwargs) -> bytes:

@@ -17,22 +17,24 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from sam import limits
+import sam.deadline
+from sam.app import settings
 from sam.app.body_limit import BodyLimit
 from sam.app.service import Models, Service, everything
+from sam.app.settings import Settings
 from sam.automatic import SamAutomaticMaskGenerator
-from sam.limits import Deadline, TimeLimitError
+from sam.deadline import Deadline, TimeLimitError
 from tests.helpers.browser import REPO, app_on_hub
 from tests.helpers.loaders import CountingLoader
 from tests.helpers.oracle import oracle_sam, region_image
 from tests.helpers.page_client import PageClient
 
 COFFEE = REPO / "examples" / "coffee.jpg"
-LIMIT = limits.MAX_BODY_KB << 10
+LIMIT = settings.MAX_BODY_KB << 10
 
 
 class StepClock:
-    """Stands in for the `time` module in sam.limits: every reading is one second after the previous one."""
+    """Stands in for the `time` module in sam.deadline: every reading is one second after the previous one."""
 
     def __init__(self) -> None:
         self.now = 0.0
@@ -46,7 +48,7 @@ class StepClock:
 
 
 def test_a_deadline_passes_until_its_limit_then_says_what_stopped(monkeypatch):
-    monkeypatch.setattr(limits, "time", StepClock())
+    monkeypatch.setattr(sam.deadline, "time", StepClock())
     deadline = Deadline(2.5, "the job", "JOB_TIMEOUT_S", "try less")  # started at 1 s
     deadline.check()  # 2 s: 1 s elapsed
     deadline.check()  # 3 s: 2 s elapsed
@@ -64,7 +66,7 @@ def test_the_generator_stops_between_batches_and_between_masks(monkeypatch):
     full = gen.generate(image)
     assert len(full) >= 3
     clock = StepClock()
-    monkeypatch.setattr(limits, "time", clock)
+    monkeypatch.setattr(sam.deadline, "time", clock)
     calls = []
     # Readings: start, before the crop, after each of the 4 batches, then before each mask.
     with pytest.raises(TimeLimitError, match=r"stopped after 3\.0 s, its time limit \(2\.5 s\), with 8 of 16 points"):
@@ -97,10 +99,9 @@ def test_segment_everything_past_its_limit_leaves_the_service_usable():
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "soon", "inf"])
-def test_a_bad_everything_timeout_is_refused_at_startup(monkeypatch, value):
-    monkeypatch.setenv("SAM_EVERYTHING_TIMEOUT_S", value)
+def test_a_bad_everything_timeout_is_refused_at_startup(value):
     with pytest.raises(ValueError, match="SAM_EVERYTHING_TIMEOUT_S must be a"):
-        Service(Models(CountingLoader()))
+        Settings.from_env({"SAM_EVERYTHING_TIMEOUT_S": value})
 
 
 # ---- the body limit on its own ----------------------------------------------------------------------------

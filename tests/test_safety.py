@@ -16,7 +16,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from sam.limits import MAX_PROMPTS
+from sam.app.settings import MAX_PROMPTS
 from sam.weights import WeightsError, load_model
 from tests.helpers.browser import REPO, app_on_hub, run_app
 from tests.helpers.hub import LocalHub, hub_env
@@ -331,7 +331,7 @@ def test_cli_errors_do_not_print_the_token(tmp_path):
 
 
 def test_uploads_over_the_size_limit_are_refused(app, page):
-    from sam.limits import MAX_UPLOAD_MB
+    from sam.app.settings import MAX_UPLOAD_MB
 
     url, folder = app
     r = page.http.post(f"{url}/gradio_api/upload", files={"files": ("big.png", b"\0" * ((MAX_UPLOAD_MB << 20) + 1))})

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from sam import SamPredictor
-from sam.app.canvas import CanvasServer, display_size, label_data_url, mask_data_url, palette
+from sam.app.canvas import CanvasServer, display_size, label_data_url, mask_data_url
 from sam.app.lru import LRU
 from sam.app.service import (
     Decoder,
@@ -21,15 +21,16 @@ from sam.app.service import (
     everything,
     everything_json,
     image_key,
-    load,
     read_image,
     segment,
 )
 from sam.app.session import AppSession, SessionRegistry
 from sam.app.threads import Workload, torch_threads
 from sam.automatic import SamAutomaticMaskGenerator
+from sam.export import color
 from sam.hub import WeightsError
 from sam.masks import decode_coco_rle
+from sam.weights import load_model
 from tests.helpers.loaders import CountingLoader
 
 
@@ -361,8 +362,8 @@ def test_expired_session_is_gone_from_the_registry(server, image):
 
 
 def test_label_image_and_palette():
-    colors = palette(255)
-    assert len(set(colors)) == 255 and (0, 0, 0) not in colors
+    colors = [color(i) for i in range(256)]
+    assert len(set(colors[:255])) == 255 and (0, 0, 0) not in colors
     big = np.zeros((6, 8), bool)
     big[:, :6] = True
     small = np.zeros((6, 8), bool)
@@ -374,7 +375,7 @@ def test_label_image_and_palette():
     assert labels[3, 5] == 1 and labels[0, 0] == 2 and labels[0, 7] == 0  # the smaller mask is on top
     assert tuple(rgba[3, 5, :3]) == colors[0] and rgba[0, 7, 3] == 0
     with pytest.raises(ValueError, match="at most 255"):
-        label_data_url([big] * 256, palette(256))
+        label_data_url([big] * 256, colors)
 
 
 def test_everything_then_pick(server, image):
@@ -398,7 +399,7 @@ def test_everything_then_pick(server, image):
 
 
 def test_bfloat16_encoder_is_shown_in_the_status(image):
-    service = Service(Models(lambda name: load(name, precision="bfloat16")))
+    service = Service(Models(lambda name: load_model(name, dtype="bfloat16")))
     server = CanvasServer(service, SessionRegistry())
     status = server.status("random:tiny_vit")
     assert "bf16" in status and "RANDOM WEIGHTS" in status

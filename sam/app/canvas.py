@@ -18,6 +18,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
+from ..export import color
 from .service import Decoder, Embedded, Service, everything, model_info
 from .session import AppSession, ImageRef, SessionRegistry, parse_action
 
@@ -71,17 +72,6 @@ def mask_data_url(mask: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def palette(n: int) -> list[tuple[int, int, int]]:
-    """n distinct, bright colours (golden-ratio hues), none of them black."""
-    import colorsys
-
-    out = []
-    for i in range(n):
-        r, g, b = colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.55 + 0.35 * (i % 3) / 2, 0.95 - 0.25 * (i % 2))
-        out.append((max(1, round(r * 255)), round(g * 255), round(b * 255)))
-    return out
-
-
 def label_data_url(masks: list[np.ndarray], colors: list[tuple[int, int, int]]) -> str:
     """Masks (HxW bool, at most 255) -> an 8-bit palette PNG data URL: pixel value i + 1 where mask i is
     (smaller masks drawn over larger ones), colour i + 1 from `colors`, value 0 transparent."""
@@ -105,25 +95,25 @@ def image_data_url(image: np.ndarray, quality: int = 90) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-class SamCanvas(gr.HTML):
-    """The canvas component; `server` answers its requests (`server.sam_act` in the page's script)."""
+def sam_canvas(server: "CanvasServer", **kwargs: Any) -> gr.HTML:
+    """The canvas component (Gradio's custom HTML); `server` answers its requests (`server.sam_act` in the
+    page's script). A gr.HTML instance rather than a subclass: Gradio writes a .pyi stub beside the module
+    of every component class it sees defined."""
 
-    def __init__(self, server: "CanvasServer", **kwargs: Any) -> None:
-        def sam_act(data: Any) -> dict[str, Any]:  # a plain function: Gradio marks it as a server function
-            return server.sam_act(data)
+    def sam_act(data: Any) -> dict[str, Any]:  # a plain function: Gradio marks it as a server function
+        return server.sam_act(data)
 
-        super().__init__(
-            value={},
-            html_template=HTML_TEMPLATE,
-            css_template=(STATIC / "canvas.css").read_text(),
-            js_on_load=(STATIC / "canvas.js").read_text(),
-            server_functions=[sam_act],
-            apply_default_css=False,
-            **kwargs,
-        )
-
-    def api_info(self) -> dict[str, Any]:
-        return {"type": "object", "description": "the canvas state sent to the page"}
+    canvas = gr.HTML(
+        value={},
+        html_template=HTML_TEMPLATE,
+        css_template=(STATIC / "canvas.css").read_text(),
+        js_on_load=(STATIC / "canvas.js").read_text(),
+        server_functions=[sam_act],
+        apply_default_css=False,
+        **kwargs,
+    )
+    canvas.api_info = lambda: {"type": "object", "description": "the canvas state sent to the page"}
+    return canvas
 
 
 class CanvasServer:
@@ -286,7 +276,7 @@ class CanvasServer:
             session.set_everything(masks)
             size = display_size(ref.height, ref.width)
             shown = [_resize(m, size) for m, _ in masks[: len(session.everything)]]
-            colors = palette(len(shown))
+            colors = [color(i) for i in range(len(shown))]
             view = self.view(session, None)
         view.update(token=session.token, image={"key": ref.key, "width": ref.width, "height": ref.height})
         view["everything"] = {

@@ -8,8 +8,8 @@ in a separate, small pool of slots, so a click never waits behind another visito
 """
 
 import contextlib
+import functools
 import hashlib
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -20,23 +20,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..deadline import Deadline
 from ..images import load_image, prepare
-from ..limits import EVERYTHING_TIMEOUT_S, MAX_PIXELS, MAX_PROMPTS, Deadline
 from ..modeling.sam import Sam
 from ..predictor import ImageEmbedding, SamPredictor
+from ..prompts import as_tensors, check_boxes, check_points
+from ..weights import load_model
 from .lru import LRU
+from .settings import ENV, MAX_ASPECT, MAX_PIXELS, MAX_PROMPTS, Settings
 from .threads import Workload
 
-DEFAULT_MODEL = "sam-vit-base"
-
-
-def _env_int(name: str, default: int, kind: type = int) -> int | float:
-    """The environment variable `name` as an int (or `kind`), `default` when unset or empty."""
-    value = os.environ.get(name, "").strip()
-    try:
-        return kind(value) if value else default
-    except ValueError:
-        raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+# Images from visitors are read with the app's limits (sam/app/settings.py).
+read_image = functools.partial(load_image, max_pixels=MAX_PIXELS, max_aspect=MAX_ASPECT)
 
 
 def image_key(image: np.ndarray) -> str:
@@ -46,14 +41,9 @@ def image_key(image: np.ndarray) -> str:
     return h.hexdigest()[:32]
 
 
-def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """An image file -> HxWx3 uint8 RGB as the user sees it; sam.images.ImageError (a ValueError) says why not."""
-    return load_image(path, max_pixels=max_pixels)
-
-
 def model_info(name: str, model: Sam) -> dict[str, object]:
     """What the status line says about a model."""
-    source = str(getattr(model, "weights_source", name))
+    source = model.weights_source
     precision = model.precision
     return {
         "name": name,
@@ -63,13 +53,6 @@ def model_info(name: str, model: Sam) -> dict[str, object]:
     }
 
 
-def load(name: str, precision: str = "float32") -> Sam:
-    """load_model(name) with the image encoder in `precision` ('float32', 'bfloat16' or 'auto')."""
-    from ..weights import load_model
-
-    return load_model(name, dtype=precision)
-
-
 class Models:
     """Models loaded on first use, once per name, shared by every session.
 
@@ -77,7 +60,7 @@ class Models:
     otherwise hold several GB. A failed load is not remembered, so fixing the network and retrying works.
     """
 
-    def __init__(self, loader: Callable[[str], Sam] = load, max_models: int = 2) -> None:
+    def __init__(self, loader: Callable[[str], Sam] = load_model, max_models: int = Settings.max_models) -> None:
         self.loader = loader
         self.max_models = max_models
         self._models: OrderedDict[str, Sam] = OrderedDict()
@@ -133,35 +116,36 @@ class Service:
     def __init__(
         self,
         models: Models | None = None,
-        cache_items: int | None = None,
-        cache_mb: int | None = None,
-        image_cache_mb: int | None = None,
+        cache_items: int = Settings.embedding_cache_items,
+        cache_mb: int = Settings.embedding_cache_mb,
+        image_cache_mb: int = Settings.image_cache_mb,
         decode_slots: int = 2,
-        decode_threads: int | None = None,
-        embed_threads: int | None = None,
-        everything_timeout_s: float | None = None,
+        decode_threads: int = Settings.decode_threads,
+        embed_threads: int = Settings.embed_threads,
+        everything_timeout_s: float = Settings.everything_timeout_s,
     ) -> None:
-        self.models = models or Models(max_models=_env_int("SAM_MAX_MODELS", 2))
+        """Thread counts of 0 mean all of torch's threads; the other values are sam.app.settings.Settings'."""
+        self.models = models or Models()
         nbytes = lambda e: e.nbytes  # noqa: E731
-        self.embeddings = LRU(
-            cache_items if cache_items is not None else _env_int("SAM_EMBEDDING_CACHE_ITEMS", 64),
-            (cache_mb if cache_mb is not None else _env_int("SAM_EMBEDDING_CACHE_MB", 512)) << 20,
-            nbytes,
-        )
-        self.images = LRU(
-            256, (image_cache_mb if image_cache_mb is not None else _env_int("SAM_IMAGE_CACHE_MB", 512)) << 20, nbytes
-        )
+        self.embeddings = LRU(cache_items, cache_mb << 20, nbytes)
+        self.images = LRU(256, image_cache_mb << 20, nbytes)
         self._embed_lock = threading.Lock()  # one embedding at a time, whoever asks (page, API, re-embed)
         self._decode_slots = threading.BoundedSemaphore(decode_slots)
         self.workload = Workload()
         # a click decodes on this many threads when no other job runs, on one thread beside others
-        self.decode_threads = decode_threads or _env_int("SAM_DECODE_THREADS", torch.get_num_threads())
-        self.embed_threads = embed_threads or _env_int("SAM_EMBED_THREADS", torch.get_num_threads())
-        self.everything_timeout_s = everything_timeout_s or _env_int(
-            "SAM_EVERYTHING_TIMEOUT_S", EVERYTHING_TIMEOUT_S, float
+        self.decode_threads = decode_threads or torch.get_num_threads()
+        self.embed_threads = embed_threads or torch.get_num_threads()
+        self.everything_timeout_s = everything_timeout_s
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Service":
+        """The service `app.main` runs: models loaded in settings.precision, caches and threads as set."""
+        loader = functools.partial(load_model, dtype=settings.precision)
+        return cls(
+            Models(loader, settings.max_models), settings.embedding_cache_items, settings.embedding_cache_mb,
+            settings.image_cache_mb, decode_threads=settings.decode_threads, embed_threads=settings.embed_threads,
+            everything_timeout_s=settings.everything_timeout_s,
         )
-        if not 0 < self.everything_timeout_s < float("inf"):
-            raise ValueError(f"SAM_EVERYTHING_TIMEOUT_S must be a positive number, got {self.everything_timeout_s}")
 
     # images -----------------------------------------------------------------------------------------
     def add_image(self, image: np.ndarray) -> str:
@@ -247,15 +231,12 @@ class Decoder:
         """Points Nx2 (x, y) and box 4 in image pixels, mask_input hxw low-res logits ->
         low-res logits Cxhxw (float32) and predicted IoU C; C = 3 with multimask else 1."""
         p = self.predictor
-        coords = labels_t = box_t = mask_t = None
-        if points is not None and len(points):
-            coords = torch.as_tensor(p.transform.apply_coords(np.asarray(points, float), p.original_size)).float()[None]
-            labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.int)[None]
-        if box is not None:
-            box_t = torch.as_tensor(p.transform.apply_boxes(np.asarray(box, float)[None], p.original_size)).float()
-        if mask_input is not None:
-            mask_t = torch.as_tensor(mask_input, dtype=torch.float32)[None, None]
-        points_arg = (coords.to(p.device), labels_t.to(p.device)) if coords is not None else None
+        points_arg, box_t, mask_t = as_tensors(
+            p.transform, p.original_size, None if points is None or not len(points) else np.asarray(points)[None],
+            None if labels is None or not len(labels) else np.asarray(labels)[None],
+            None if box is None else np.asarray(box)[None], None if mask_input is None else mask_input[None],
+            p.device,
+        )
         with self.slots or contextlib.nullcontext(), self.workload.job(self.threads):
             low_res, scores = p.decode(points_arg, box_t, mask_t, multimask)
         return low_res[0].float().cpu().numpy(), scores[0].float().cpu().numpy()
@@ -273,38 +254,23 @@ class Decoder:
         return (masks[0] > self.model.mask_threshold).numpy()
 
 
-def _prompt_arrays(points, labels, box) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
-    """Validate API prompts: points [[x, y], ...], labels [1 or 0, ...], box [x0, y0, x1, y1]."""
+def _prompt_arrays(points, labels, box, size: tuple[int, int]):
+    """API prompts -> (points Nx2 | None, labels N | None, box 4 | None), by sam.prompts' rules on an HxW image."""
+    nothing = lambda v: v is None or (hasattr(v, "__len__") and len(v) == 0)  # noqa: E731
     try:
-        pts = np.asarray(points if points is not None else [], dtype=np.float64).reshape(-1, 2)
-        lab = np.asarray(labels if labels is not None else [], dtype=np.float64).reshape(-1)
-        bx = None if box is None or (hasattr(box, "__len__") and len(box) == 0) else np.asarray(box, np.float64)
+        pts = np.asarray([] if points is None else points, dtype=np.float64).reshape(-1, 2)
+        lab = np.asarray([] if labels is None else labels, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"points must be [[x, y], ...], labels [1 or 0, ...], box [x0, y0, x1, y1]: {e}") from None
-    if len(pts) != len(lab):
-        raise ValueError(f"{len(pts)} points but {len(lab)} labels")
-    if not np.isin(lab, (0, 1)).all():
-        raise ValueError("labels must be 1 (foreground) or 0 (background)")
-    if bx is not None and bx.shape != (4,):
-        raise ValueError(f"box must be [x0, y0, x1, y1], got shape {bx.shape}")
-    if not np.isfinite(pts).all() or (bx is not None and not np.isfinite(bx).all()):
-        raise ValueError("coordinates must be finite numbers")
-    if len(pts) == 0 and bx is None:
+        raise ValueError(f"points must be [[x, y], ...], labels [1 or 0, ...]: {e}") from None
+    if len(pts) == 0 and nothing(box):
         raise ValueError("give at least one point or a box")
     if len(pts) > MAX_PROMPTS:
         raise ValueError(f"at most {MAX_PROMPTS} points per request, got {len(pts)}")
-    if bx is not None and not (bx[0] < bx[2] and bx[1] < bx[3]):
-        raise ValueError("box must be [x0, y0, x1, y1] with x0 < x1 and y0 < y1: this one is empty or inverted")
-    return (pts if len(pts) else None), (lab.astype(np.int64) if len(lab) else None), bx
-
-
-def _inside(points: np.ndarray | None, box: np.ndarray | None, h: int, w: int) -> None:
-    """Points must lie on the image (edges included); a box must overlap it."""
-    for x, y in points if points is not None else ():
-        if not (0 <= x <= w and 0 <= y <= h):
-            raise ValueError(f"point ({x:.6g}, {y:.6g}) is outside the {w}x{h} image")
-    if box is not None and (box[2] <= 0 or box[3] <= 0 or box[0] >= w or box[1] >= h):
-        raise ValueError(f"box {[float(f'{v:.6g}') for v in box]} is outside the {w}x{h} image")
+    pts, lab = check_points(pts, lab, size)
+    bx = None if nothing(box) else check_boxes(box, size)
+    if bx is not None and len(bx) != 1:
+        raise ValueError(f"give one box [x0, y0, x1, y1], got {len(bx)}")
+    return (pts if len(pts) else None), (lab if len(lab) else None), (None if bx is None else bx[0])
 
 
 def segment(
@@ -324,8 +290,7 @@ def segment(
     """
     from ..masks import encode_coco_rle, mask_to_box
 
-    pts, lab, bx = _prompt_arrays(points, labels, box)
-    _inside(pts, bx, image.shape[0], image.shape[1])
+    pts, lab, bx = _prompt_arrays(points, labels, box, image.shape[:2])
     key = service.add_image(image)
     embedded = service.embed(model_name, key)
     decoder = service.decoder(model_name, embedded.embedding)
@@ -356,7 +321,7 @@ def everything(
 
     Records as SamAutomaticMaskGenerator's with output_mode="uncompressed_rle", best predicted IoU first.
     It runs under the embedding lock: like an embedding, it keeps both cores busy for a while; past
-    `service.everything_timeout_s` of its own work it stops with sam.limits.TimeLimitError (a ValueError).
+    `service.everything_timeout_s` of its own work it stops with sam.deadline.TimeLimitError (a ValueError).
     """
     from ..automatic import SamAutomaticMaskGenerator
 
@@ -367,7 +332,7 @@ def everything(
     )
     with service._embed_lock, service.workload.job(service.embed_threads, shared=False):
         deadline = Deadline(
-            service.everything_timeout_s, "segment everything", "SAM_EVERYTHING_TIMEOUT_S",
+            service.everything_timeout_s, "segment everything", ENV["everything_timeout_s"],
             "nothing was changed. Use fewer points per side, or click the objects one by one.",
         )
         records = generator.generate(image, embedding=embedded.embedding, progress=progress, deadline=deadline)

@@ -25,11 +25,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..limits import MAX_NAME, MAX_OBJECTS, MAX_PROMPTS
+from ..export import hex_color
 from ..masks import area, decode_coco_rle, encode_coco_rle, mask_to_box
+from ..prompts import check_boxes, check_points
+from .settings import MAX_NAME, MAX_OBJECTS, MAX_PROMPTS
 
 MAX_EVERYTHING = 255  # masks kept from "segment everything" (they fit one 8-bit label image)
-COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#9a6324", "#469990")
 
 
 class DecoderLike(Protocol):
@@ -215,7 +216,7 @@ class AppSession:
         n = len(self.objects)
         obj = SessionObject(
             name=clean_name(name) or f"object {n + 1}",
-            color=COLORS[n % len(COLORS)],
+            color=hex_color(n),
             rle=encode_coco_rle(mask),
             score=float(self.scores[self.selected]),
             area=area(mask),
@@ -240,7 +241,7 @@ class AppSession:
         if len(self.objects) >= MAX_OBJECTS:
             raise ValueError(f"at most {MAX_OBJECTS} objects per image")
         source, n = self.everything[index], len(self.objects)
-        obj = SessionObject(clean_name(name) or f"object {n + 1}", COLORS[n % len(COLORS)], source.rle, source.score,
+        obj = SessionObject(clean_name(name) or f"object {n + 1}", hex_color(n), source.rle, source.score,
                             source.area, source.box)
         self.objects.append(obj)
         self.objects_version += 1
@@ -312,8 +313,7 @@ def parse_action(data: Any, image: ImageRef | None) -> Action:
         raise ValueError("upload an image or pick an example first")
     if kind in ("point", "hover"):
         x, y = _number(data, "x"), _number(data, "y")
-        if not (0 <= x <= image.width and 0 <= y <= image.height):
-            raise ValueError(f"point ({x:.0f}, {y:.0f}) is outside the {image.width}x{image.height} image")
+        check_points([x, y], [1], (image.height, image.width))
         label = data.get("label", 1)
         if kind == "point" and label not in (0, 1):
             raise ValueError(f"label must be 1 (positive) or 0 (negative), got {str(label)[:20]!r}")
@@ -323,11 +323,8 @@ def parse_action(data: Any, image: ImageRef | None) -> Action:
         if not isinstance(box, list | tuple) or len(box) != 4:
             raise ValueError("box must be [x0, y0, x1, y1]")
         x0, y0, x1, y1 = (_number({"box": v}, "box") for v in box)
-        x0, x1 = sorted((min(max(x0, 0.0), image.width), min(max(x1, 0.0), image.width)))
-        y0, y1 = sorted((min(max(y0, 0.0), image.height), min(max(y1, 0.0), image.height)))
-        if x1 - x0 < 1 or y1 - y0 < 1:
-            raise ValueError("the box is empty")
-        return Action(kind, box=(x0, y0, x1, y1))
+        (x0, x1), (y0, y1) = sorted((x0, x1)), sorted((y0, y1))  # a drag may go either way
+        return Action(kind, box=tuple(float(v) for v in check_boxes([x0, y0, x1, y1], (image.height, image.width))[0]))
     if kind in ("choose", "delete", "pick"):
         return Action(kind, index=_index(data, "index"))
     if kind == "add":

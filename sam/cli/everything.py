@@ -1,8 +1,8 @@
-"""`python -m sam everything IMAGE_OR_FOLDER --output DIR`: every mask of each image, as segment-anything's amg.py.
+"""`sam everything IMAGE_OR_FOLDER --output DIR`: every mask of each image, as segment-anything's amg.py.
 
 --format png (default): DIR/<image>/0.png, 1.png, ... (255 inside the mask) and metadata.csv with amg.py's
 columns. --format coco: DIR/<image>.json, the generator's records with COCO RLE masks (amg.py's
---convert-to-rle output). Exit codes are those of sam/cli.py.
+--convert-to-rle output). Exit codes are those of sam/cli/common.py.
 """
 
 import argparse
@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from .cli import DEFAULT_MODEL, EXIT_MODEL, EXIT_OK, EXIT_USAGE, CliError, find_images, read_images
+from .common import DEFAULT_MODEL, EXIT_MODEL, EXIT_OK, EXIT_USAGE, CliError, find_images, read_images
 
 METADATA_HEADER = (
     "id,area,bbox_x0,bbox_y0,bbox_w,bbox_h,point_input_x,point_input_y,predicted_iou,stability_score,"
@@ -66,9 +66,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .automatic import SamAutomaticMaskGenerator
-    from .export import unique_names
-    from .weights import load_model
+    from ..automatic import SamAutomaticMaskGenerator
+    from ..export import unique_names
+    from ..weights import load_model
 
     paths = find_images(args.source)
     output = Path(args.output)
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
 
 def write_masks_to_folder(records: list[dict], folder: Path) -> None:
     """N.png per mask and metadata.csv (amg.py's columns), replacing the PNGs of an earlier run."""
-    from .export import mask_png
+    from ..export import mask_png
 
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("*.png"):

@@ -1,0 +1,110 @@
+"""Every setting and limit of the app, in one place.
+
+`Settings` holds what an operator may change, each through the environment variable named in `ENV`;
+`Settings.from_env()` reads them once, in `app.main`, and everything else receives plain values. The
+constants below are fixed bounds on what visitors send. docs/limits.md says what a visitor sees when one
+is reached; docs/deployment.md lists the settings.
+"""
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_UPLOAD_MB = 50  # Gradio's max_file_size: larger uploads are refused before they are stored
+MAX_PIXELS = 40_000_000  # width x height, read from the file header before anything is decoded
+MAX_ASPECT = 32  # long side / short side: SAM sees the long side at 1024 px, so the short side keeps >= 32 px
+MAX_PROMPTS = 64  # points and boxes per object (the page), points per request (the /segment API)
+MAX_OBJECTS = 64  # objects per image
+MAX_NAME = 40  # characters of an object name
+SESSION_TTL_S = 3600  # a visitor's state is dropped this long after their last request
+QUEUE_SIZE = 64  # queued image embeddings and API calls; more get "the queue is full"
+PAGE_TIMEOUT_S = 120  # the page stops waiting for an answer after this long (static/canvas.js, TIMEOUT_MS)
+MAX_BODY_KB = 1024  # request bodies other than uploads (JSON of the queue, API and canvas routes): HTTP 413 beyond
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What an operator can set; the defaults are the app's."""
+
+    model: str = "sam-vit-base"  # the model shown first (any name load_model takes)
+    precision: str = "auto"  # image encoder precision: auto (bf16 where the CPU runs it fast), float32, bfloat16
+    max_sessions: int = 500  # the oldest visitor sessions are evicted beyond this many
+    max_models: int = 2  # models loaded at once (least recently used is dropped)
+    embedding_cache_items: int = 64  # image embeddings shared by all visitors (LRU)
+    embedding_cache_mb: int = 512
+    image_cache_mb: int = 512  # decoded images kept for re-embedding and exports (LRU)
+    decode_threads: int = 0  # torch threads of a click when nothing else runs (0: all)
+    embed_threads: int = 0  # torch threads of an embedding (0: all)
+    everything_timeout_s: float = 300.0  # one "segment everything" request stops after this long
+    everything: Mapping[str, Any] = field(default_factory=dict)  # SamAutomaticMaskGenerator arguments
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
+        """Settings from the SAM_* variables in `environ`; unset or empty ones keep their defaults.
+
+        Raises ValueError naming the variable when a value cannot be used.
+        """
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            text = environ.get(ENV[f.name], "").strip()
+            if text:
+                values[f.name] = _parse(ENV[f.name], f.type, text)
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"{ENV['precision']} must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        for name in ("max_sessions", "max_models", "embedding_cache_items"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{ENV[name]} must be at least 1, got {getattr(self, name)}")
+        for name in ("embedding_cache_mb", "image_cache_mb", "decode_threads", "embed_threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{ENV[name]} must not be negative, got {getattr(self, name)}")
+        if not 0 < self.everything_timeout_s < float("inf"):
+            name, value = ENV["everything_timeout_s"], self.everything_timeout_s
+            raise ValueError(f"{name} must be a positive number, got {value}")
+        _check_generator_args(self.everything)
+
+
+ENV = {
+    "model": "SAM_MODEL",
+    "precision": "SAM_PRECISION",
+    "max_sessions": "SAM_MAX_SESSIONS",
+    "max_models": "SAM_MAX_MODELS",
+    "embedding_cache_items": "SAM_EMBEDDING_CACHE_ITEMS",
+    "embedding_cache_mb": "SAM_EMBEDDING_CACHE_MB",
+    "image_cache_mb": "SAM_IMAGE_CACHE_MB",
+    "decode_threads": "SAM_DECODE_THREADS",
+    "embed_threads": "SAM_EMBED_THREADS",
+    "everything_timeout_s": "SAM_EVERYTHING_TIMEOUT_S",
+    "everything": "SAM_EVERYTHING",  # a JSON object, e.g. '{"points_per_side": 16}'
+}
+
+
+def _parse(variable: str, kind: type, text: str) -> Any:
+    """One variable's text as the field's type: int, float, str, or a JSON object for a mapping."""
+    try:
+        if kind in (int, float, str):
+            return kind(text)
+        value = json.loads(text)
+    except ValueError:
+        wanted = {int: "an integer", float: "a number"}.get(kind, "a JSON object")
+        raise ValueError(f"{variable} must be {wanted}, got {text[:40]!r}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{variable} must be a JSON object, got {text[:40]!r}")
+    return value
+
+
+def _check_generator_args(args: Mapping[str, Any]) -> None:
+    import inspect
+
+    from ..automatic import SamAutomaticMaskGenerator
+
+    allowed = set(inspect.signature(SamAutomaticMaskGenerator).parameters) - {"model", "output_mode", "point_grids"}
+    unknown = sorted(set(args) - allowed)
+    if unknown:
+        raise ValueError(f"{ENV['everything']} has unknown keys {unknown}; allowed: {', '.join(sorted(allowed))}")

@@ -1,0 +1,47 @@
+"""`sam annotate DATA (--det-labels DIR | --det-model NAME)`: YOLO-seg labels from a detector's boxes."""
+
+import argparse
+from pathlib import Path
+
+from .common import DEFAULT_MODEL, EXIT_IMAGES, EXIT_MODEL, EXIT_OK, EXIT_USAGE, CliError, find_images, load_sam
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    a = sub.add_parser("annotate", help="YOLO-seg labels for a folder of images from a detector's boxes")
+    a.add_argument("data", help="folder (or glob) of images")
+    det = a.add_mutually_exclusive_group(required=True)
+    det.add_argument("--det-labels", metavar="DIR", help="folder of YOLO box labels (class cx cy w h), one per image")
+    det.add_argument("--det-model", metavar="NAME", help="an Ultralytics YOLO model (needs ultralytics installed)")
+    a.add_argument("--model", default=DEFAULT_MODEL, help=f"SAM model (default {DEFAULT_MODEL})")
+    a.add_argument("--classes", nargs="+", type=int, metavar="ID", help="keep only these class ids")
+    a.add_argument("--conf", type=float, default=0.25, help="detector confidence (with --det-model)")
+    a.add_argument("--device", default="cpu")
+    a.add_argument("--output", help="label folder (default: <data>_auto_annotate_labels beside data)")
+    a.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..annotate import auto_annotate, ultralytics_detector
+    from ..images import ImageError
+
+    find_images(args.data)
+    if args.det_labels is not None:
+        if not Path(args.det_labels).is_dir():
+            raise CliError(f"--det-labels: no such folder: {args.det_labels}", EXIT_USAGE)
+        det = args.det_labels
+    else:
+        try:
+            det = ultralytics_detector(args.det_model, args.device, conf=args.conf)
+        except Exception as e:
+            raise CliError(f"cannot load detector {args.det_model!r}: {e}", EXIT_MODEL) from e
+    sam = load_sam(args.model, args.device)
+    try:
+        out = auto_annotate(
+            args.data, det, sam, device=args.device, classes=args.classes, output_dir=args.output, progress=True
+        )
+    except ImageError as e:
+        raise CliError(str(e), EXIT_IMAGES) from e
+    except ValueError as e:  # e.g. a malformed label file
+        raise CliError(str(e), EXIT_USAGE) from e
+    print(out)
+    return EXIT_OK

@@ -1,0 +1,80 @@
+"""What the subcommands share: exit codes, the error they raise, loading the model, reading images."""
+
+import argparse
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+EXIT_OK, EXIT_USAGE, EXIT_MODEL, EXIT_IMAGES = 0, 2, 3, 4
+DEFAULT_MODEL = "sam-vit-base"
+T = TypeVar("T")
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def numbers(n: int, what: str):
+    """An argparse type: n comma-separated numbers, named `what` in its messages."""
+
+    def parse(text: str) -> list[float]:
+        try:
+            values = [float(v) for v in text.split(",")]
+        except ValueError:
+            values = []
+        if len(values) != n:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return values
+
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
+
+
+def load_sam(model: str, device: str):
+    """sam.SAM(model) for the subcommands; CliError with EXIT_MODEL when the weights cannot be had."""
+    from ..api import SAM
+
+    try:
+        return SAM(model, device=device)
+    except Exception as e:  # any failure to find, fetch or read the weights
+        raise CliError(f"cannot load model {model!r}: {e}", EXIT_MODEL) from e
+
+
+def find_images(source: str) -> list[Path]:
+    """The image files of a file, folder or glob; none found: CliError with EXIT_IMAGES."""
+    from ..images import list_images
+
+    try:
+        return list_images(source)
+    except FileNotFoundError as e:
+        raise CliError(str(e), EXIT_IMAGES) from e
+
+
+def read_images(paths: list[Path], extras: Iterable[T], desc: str) -> Iterator[tuple[Path, np.ndarray, T]]:
+    """(path, HxWx3 uint8 image, extra) for each readable image, in order, with a progress bar named desc.
+
+    An unreadable file gets a "warning: ..." line on stderr and is skipped; once all are done, a CliError
+    with EXIT_IMAGES says how many could not be read.
+    """
+    from tqdm import tqdm
+
+    from ..api import read_file
+    from ..images import ImageError
+
+    items = list(zip(paths, extras))
+    unreadable = 0
+    for path, extra in tqdm(items, desc=desc, unit="image", disable=len(items) < 2, file=sys.stderr):
+        try:
+            image = read_file(path)
+        except ImageError as e:
+            print(f"warning: {e}", file=sys.stderr)
+            unreadable += 1
+            continue
+        yield path, image, extra
+    if unreadable:
+        raise CliError(f"{unreadable} of {len(paths)} images could not be read", EXIT_IMAGES)
