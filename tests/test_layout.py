@@ -1,0 +1,34 @@
+"""The code's layout: only sam/app/ imports the web stack, and building the app writes nothing into the package."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WEB = ("gradio", "gradio_client", "starlette", "fastapi", "uvicorn")
+
+
+def imported(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_only_the_app_package_imports_the_web_stack():
+    library = [p for p in (ROOT / "sam").rglob("*.py") if "app" not in p.relative_to(ROOT / "sam").parts[:1]]
+    assert len(library) > 20
+    for path in library:
+        assert not imported(path) & set(WEB), f"{path.relative_to(ROOT)} imports {imported(path) & set(WEB)}"
+    assert "gradio" in imported(ROOT / "sam" / "app" / "canvas.py")  # the scan sees imports where they are
+
+
+def test_building_the_app_writes_no_stub_into_the_package():
+    import app
+    from sam.app.settings import Settings
+
+    before = set((ROOT / "sam").rglob("*.pyi"))
+    app.build_demo(Settings(model="random:vit_b"))
+    assert set((ROOT / "sam").rglob("*.pyi")) == before == set()
