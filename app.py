@@ -3,8 +3,9 @@
 python app.py [--model NAME_OR_PATH] [--precision auto|float32|bfloat16]; every other setting is a SAM_*
 environment variable (sam/app/settings.py, docs/deployment.md). Serves on 127.0.0.1:7860 unless
 GRADIO_SERVER_NAME / GRADIO_SERVER_PORT say otherwise. Layout and wiring only: the handlers are in
-sam/app/handlers.py, the page's requests in sam/app/canvas.py, per-visitor state in sam/app/session.py
-and the shared models and caches in sam/app/service.py.
+sam/app/handlers.py (the page) and sam/app/api.py (/segment, /everything), the page's requests in
+sam/app/canvas.py, per-visitor state in sam/app/session.py and the shared models and caches in
+sam/app/service.py.
 """
 
 import argparse
@@ -19,6 +20,7 @@ from starlette.middleware import Middleware
 
 from sam.allocator import reuse_freed_memory
 from sam.app import settings as limits
+from sam.app.api import ApiHandlers
 from sam.app.body_limit import BodyLimit
 from sam.app.canvas import sam_canvas
 from sam.app.handlers import Handlers, model_choices
@@ -66,7 +68,7 @@ def wire_page(demo: gr.Blocks, ui: SimpleNamespace, h: Handlers) -> None:
     )
 
 
-def wire_api(h: Handlers) -> None:
+def wire_api(h: ApiHandlers) -> None:
     """The script API, /segment and /everything (docs/app.md), on hidden components."""
     with gr.Column(visible=False):
         image = gr.File(label="image", type="filepath")  # decoded by sam.images, not by Gradio
@@ -93,7 +95,7 @@ def build_demo(settings: Settings, service: Service | None = None) -> gr.Blocks:
     with gr.Blocks(title="Segment Anything") as demo:
         ui = layout(h)
         wire_page(demo, ui, h)
-        wire_api(h)
+        wire_api(ApiHandlers(h.service, h.model_name, h.choices))
     return demo
 
 

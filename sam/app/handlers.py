@@ -1,7 +1,7 @@
-"""The app's event handlers: what each button, upload and API call does, wired to the page by app.py.
+"""The page's event handlers: what each upload, button and picker does, wired to the page by app.py.
 
-Every handler turns a failure into a message for the visitor (the status line, the canvas's message, or
-gr.Error for API callers); the work itself is in `CanvasServer` (the page's requests) and `service`.
+Every handler turns a failure into a message for the visitor (the status line or the canvas's message);
+the work itself is in `CanvasServer` (the page's requests) and `service`. The script API is sam/app/api.py.
 """
 
 import logging
@@ -11,16 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import numpy as np
 
-from ..images import ImageError, frame_count
+from ..images import frame_count
 from ..weights import KNOWN_MODELS
 from .canvas import CanvasServer, model_error
-from .service import Service, everything, everything_json, read_image, segment
+from .service import Service, read_image
 from .session import AppSession, SessionRegistry
 
 logger = logging.getLogger(__name__)
-MAX_POINTS_PER_SIDE = 64  # the /everything API's points_per_side (the page uses the SAM_EVERYTHING setting)
 
 
 def model_choices(default: str) -> list[str]:
@@ -46,7 +44,7 @@ def error_text(e: Exception) -> str:
 
 
 class Handlers:
-    """The page's and the API's handlers for one app: one service, one registry of visitor sessions."""
+    """The page's handlers for one app: one service, one registry of visitor sessions."""
 
     def __init__(
         self,
@@ -116,39 +114,3 @@ class Handlers:
 
     def _status(self, name: str, error: Exception) -> str:
         return self.canvas.status(name) if isinstance(error, ValueError) else model_error(name, error)
-
-    # the API -------------------------------------------------------------------------------------------
-    def _api_inputs(self, model: str | None, image) -> tuple[str, np.ndarray]:
-        model = model or self.model_name
-        if model not in self.choices:
-            raise gr.Error(f"model must be one of {', '.join(self.choices)}")
-        if image is None:
-            raise gr.Error("no image given")
-        try:
-            return model, read_image(image)  # a file in Gradio's upload cache (gr.File checks that)
-        except ImageError as e:
-            raise gr.Error(str(e)) from None
-
-    def segment_api(self, image, points, labels, box, multimask, model) -> dict[str, Any]:
-        """Masks for one object: image, points [[x, y], ...], labels [1|0, ...], box [x0, y0, x1, y1] ->
-        {"size", "masks" (COCO RLE), "scores", "boxes", "model", "weights"}."""
-        model, image = self._api_inputs(model, image)
-        try:
-            return segment(self.service, model, image, points, labels, box, bool(multimask))
-        except ValueError as e:
-            raise gr.Error(str(e)) from None
-
-    def everything_api(self, image, points_per_side, pred_iou_thresh, stability_score_thresh, model) -> dict[str, Any]:
-        """Every object in an image (Meta's automatic mask generator) -> {"size", "masks" (COCO RLE), "scores",
-        "stability", "bbox" (XYWH), "areas", "points"}, best predicted IoU first."""
-        model, image = self._api_inputs(model, image)
-        try:
-            key = self.service.add_image(image)
-            args = dict(points_per_side=int(points_per_side), pred_iou_thresh=float(pred_iou_thresh),
-                        stability_score_thresh=float(stability_score_thresh))
-            if not 1 <= args["points_per_side"] <= MAX_POINTS_PER_SIDE:
-                raise ValueError(f"points_per_side must be between 1 and {MAX_POINTS_PER_SIDE}")
-            records = everything(self.service, model, key, **args)
-        except ValueError as e:
-            raise gr.Error(str(e)) from None
-        return everything_json(records, model)
