@@ -42,7 +42,7 @@ def test_embedding_matches(tiny_pair):
 
 
 def test_dense_pe_follows_the_weights():
-    """get_dense_pe is cached, and recomputed after new weights are loaded or changed in place."""
+    """get_dense_pe follows the weights: after new ones are loaded, and after a change in place."""
     ref, ours = twin_models(TINY, seed=2)
     key = "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"
     assert torch.equal(ours.prompt_encoder.get_dense_pe(), ref.prompt_encoder.get_dense_pe())

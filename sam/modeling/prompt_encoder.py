@@ -40,14 +40,10 @@ class PromptEncoder(nn.Module):
     def get_dense_pe(self) -> torch.Tensor:
         """Positional encoding of the image embedding grid: 1 x embed_dim x h x w.
 
-        Computed once per set of weights (a click would spend several ms on its 2*h*w*embed_dim sines).
+        Computed on every call, as Meta does, so it always follows the current weights and device: about
+        1 ms for ViT-B's 64x64 grid on two CPU cores, against about 20 ms for the decode of a click.
         """
-        gaussian = self.pe_layer.positional_encoding_gaussian_matrix
-        key = (gaussian.data_ptr(), gaussian._version, gaussian.device, self.image_embedding_size)
-        if getattr(self, "_dense_pe_key", None) != key:
-            self._dense_pe = self.pe_layer(self.image_embedding_size).unsqueeze(0)
-            self._dense_pe_key = key
-        return self._dense_pe
+        return self.pe_layer(self.image_embedding_size).unsqueeze(0)
 
     def _embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
         """BxNx2 points in input-image pixels, BxN labels (1 fg, 0 bg, -1 ignore) -> BxN'xembed_dim."""
