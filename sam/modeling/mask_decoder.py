@@ -91,7 +91,7 @@ class MaskDecoder(nn.Module):
         if min_iou is None:
             return self.upscale_masks(src, hyper_in), iou_pred
         live = (iou_pred[:, mask_slice] > min_iou).any(1)
-        masks = torch.full((B, hyper_in.shape[1], 4 * h, 4 * w), -torch.inf, dtype=hyper_in.dtype)
+        masks = hyper_in.new_full((B, hyper_in.shape[1], 4 * h, 4 * w), -torch.inf)
         if live.any():
             masks[live] = self.upscale_masks(src.expand(B, -1, -1, -1)[live], hyper_in[live])
         return masks, iou_pred
