@@ -87,8 +87,11 @@ def build_image_encoder(config: SamConfig) -> nn.Module:
     )
 
 
-def build_sam(config: SamConfig | str) -> Sam:
-    """Build an uninitialised Sam (random weights) for a config or a name in CONFIGS."""
+def build_sam(config: SamConfig | str, *, weights_source: str = "random initialisation") -> Sam:
+    """Build an uninitialised Sam (random weights) for a config or a name in CONFIGS.
+
+    weights_source: what the model will say its weights are, for a caller that loads them next.
+    """
     if isinstance(config, str):
         config = CONFIGS[config]
     grid = config.img_size // config.encoder.patch_size
@@ -112,6 +115,7 @@ def build_sam(config: SamConfig | str) -> Sam:
             iou_head_depth=config.iou_head_depth,
             iou_head_hidden_dim=config.iou_head_hidden_dim,
         ),
+        config=config,
+        weights_source=weights_source,
     )
-    model.config = config
     return model.eval()

@@ -253,7 +253,7 @@ class _SkipInit(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def build_empty(config: SamConfig) -> Sam:
+def build_empty(config: SamConfig, *, weights_source: str = "uninitialised memory") -> Sam:
     """build_sam without the random init of parameters (their memory is left as allocated).
 
     Saves about a second on ViT-B. Only for a model whose every parameter is loaded next, as
@@ -261,7 +261,7 @@ def build_empty(config: SamConfig) -> Sam:
     (The mode is thread-local; building on the meta device instead would import torch._dynamo for init.)
     """
     with _SkipInit():
-        return build_sam(config)
+        return build_sam(config, weights_source=weights_source)
 
 
 def _first(keys: list[str], n: int = 5) -> str:
@@ -319,11 +319,10 @@ def model_from_state_dict(sd: dict[str, torch.Tensor], config: SamConfig | None,
         sd = from_transformers(sd)
     sd = {k: v for k, v in sd.items() if k not in ("pixel_mean", "pixel_std")}
     config = config or config_from_state_dict(sd)
-    model = build_empty(config)
+    model = build_empty(config, weights_source=source)
     check_state_dict(sd, model, source)
     sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
     model.load_state_dict(sd, strict=True, assign=True)
-    model.weights_source = source
     return model.eval()
 
 
@@ -333,9 +332,7 @@ def _random(name: str) -> Sam:
         choices = sorted(CONFIGS) + [n for n, m in KNOWN_MODELS.items() if m.config]
         raise WeightsError(f"random:{name} is not available; choose one of: {', '.join(choices)}")
     logger.warning("Using RANDOM weights (%s): masks are meaningless; for tests and development only.", config_name)
-    model = build_sam(config_name)
-    model.weights_source = f"random weights ({config_name})"
-    return model
+    return build_sam(config_name, weights_source=f"random weights ({config_name})")
 
 
 def _from_folder(folder: Path, source: str) -> Sam:

@@ -1,11 +1,16 @@
 """The Sam module: an image encoder, a prompt encoder and a mask decoder, passed in."""
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
+
+if TYPE_CHECKING:  # sam.build imports this module
+    from ..build import SamConfig
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
@@ -14,6 +19,8 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 class Sam(nn.Module):
     mask_threshold: float = 0.0
     image_format: str = "RGB"
+    config: "SamConfig | None"  # what the parts were built from; None when they were assembled by hand
+    weights_source: str  # where the weights came from, in words for people (load_model sets it)
 
     def __init__(
         self,
@@ -21,8 +28,12 @@ class Sam(nn.Module):
         image_encoder: nn.Module,
         prompt_encoder: PromptEncoder,
         mask_decoder: MaskDecoder,
+        config: "SamConfig | None" = None,
+        weights_source: str = "random initialisation",
     ) -> None:
         super().__init__()
+        self.config = config
+        self.weights_source = weights_source
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
