@@ -94,15 +94,14 @@ class Sam2MaskDecoder(MaskDecoder):
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )  # B x num_mask_tokens x C/8
-        B = hyper_in.shape[0]
+        B, device = hyper_in.shape[0], hyper_in.device
         if multimask_output:
-            picks = torch.arange(1, self.num_mask_tokens).expand(B, -1)
+            picks = torch.arange(1, self.num_mask_tokens, device=device).expand(B, -1)
         elif self.dynamic_multimask_via_stability and not self.training:
             best = iou_pred[:, 1:].argmax(-1, keepdim=True) + 1  # the best multimask output
             picks = torch.cat([torch.zeros_like(best), best], dim=1)
         else:
-            picks = torch.zeros(B, 1, dtype=torch.long)
-        picks = picks.to(hyper_in.device)
+            picks = torch.zeros(B, 1, dtype=torch.long, device=device)
         hyper_in = hyper_in.gather(1, picks[..., None].expand(-1, -1, hyper_in.shape[-1]))
         masks = self.upscale_masks(src, hyper_in, *high_res_features)
         iou_pred = iou_pred.gather(1, picks)
