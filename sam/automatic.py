@@ -26,15 +26,19 @@ from .amg import (
     uncrop_points,
 )
 from .deadline import Deadline
+from .logit_store import LogitStore
 from .modeling.sam import Sam
 from .predictor import ImageEmbedding, SamPredictor
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 DECODER_BATCH = 8  # prompts per decoder call
+MASK_BATCH = 64  # masks upsampled per call at the end (each holds ~0.5 MB of cell levels meanwhile)
 
-# Candidates are kept as a dict of tensors sharing their first dimension:
-# logits Nxhxw (low-res), iou N, stability N, boxes Nx4 (XYXY inclusive), points Nx2, crop N (crop index),
-# dense N (the counts came from the whole upsampled mask; the mask is then upsampled the same way).
+# Candidates are kept as a dict of tensors sharing their first dimension: slot N (where their low-res
+# logits are in the LogitStore, which bounds the memory whatever the settings), iou N, stability N, boxes
+# Nx4 (XYXY inclusive), points Nx2, crop N (crop index), dense N (the counts came from the whole upsampled
+# mask; the mask is then upsampled the same way). Within a batch, before they are stored, logits Nxhxw
+# stand in for slot.
 Candidates = dict[str, torch.Tensor]
 
 
@@ -63,12 +67,19 @@ class SamAutomaticMaskGenerator:
         point_grids: list[np.ndarray] | None = None,
         min_mask_region_area: int = 0,
         output_mode: str = "binary_mask",
+        logits_memory_mb: int = 256,
     ) -> None:
         """Arguments and defaults are those of segment-anything's generator (its docstring explains each).
 
         point_grids: one Nx2 grid of points in [0, 1] per crop layer, instead of points_per_side.
         output_mode: "binary_mask" (HxW bool arrays), "uncompressed_rle" or "coco_rle" (compressed counts).
+        logits_memory_mb: candidates' low-res logits beyond this many MB wait in a temporary file
+        (see LogitStore); the generator's other memory is bounded by the batch sizes.
         """
+        if crop_n_layers < 0:
+            raise ValueError(f"crop_n_layers must be >= 0, got {crop_n_layers}")
+        if crop_n_points_downscale_factor < 1:
+            raise ValueError(f"crop_n_points_downscale_factor must be >= 1, got {crop_n_points_downscale_factor}")
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("give exactly one of points_per_side and point_grids")
         if points_per_side is not None:
@@ -81,6 +92,9 @@ class SamAutomaticMaskGenerator:
             raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
         if points_per_batch < 1:
             raise ValueError(f"points_per_batch must be >= 1, got {points_per_batch}")
+        if logits_memory_mb < 0:
+            raise ValueError(f"logits_memory_mb must be >= 0, got {logits_memory_mb}")
+        self.logits_memory_mb = logits_memory_mb
         self.predictor = SamPredictor(model)
         self.point_grids = [np.asarray(g, dtype=np.float64).reshape(-1, 2) for g in point_grids]
         self.points_per_batch = points_per_batch
@@ -103,6 +117,7 @@ class SamAutomaticMaskGenerator:
         embedding: ImageEmbedding | None = None,
         progress: Callable[[int, int], None] | None = None,
         deadline: Deadline | None = None,
+        max_masks: int | None = None,
     ) -> list[dict[str, Any]]:
         """Masks for an HxWx3 uint8 RGB image: a list of records, as segment-anything's generator.
 
@@ -113,6 +128,9 @@ class SamAutomaticMaskGenerator:
         progress: called with (points done, points in total) after each batch of points.
         deadline: checked between crops, batches of points and output masks; past it, the run stops with
         sam.deadline.TimeLimitError (the generator keeps no state from a stopped run).
+        max_masks: return only the records that come first when all are sorted by predicted IoU (a stable
+        sort), in their usual order; the others are not upsampled. With min_mask_region_area > 0 every
+        mask is made first (its second NMS can change which ones remain).
         """
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -133,24 +151,35 @@ class SamAutomaticMaskGenerator:
             if deadline is not None:
                 deadline.check(f"{done} of {total} points done")
 
-        parts, grids = [], []
-        for i, (crop_box, layer) in enumerate(zip(crop_boxes, layer_idxs)):
-            advance(0)
-            part, grid = self._process_crop(image, i, crop_box, layer, embedding if i == 0 else None, advance)
-            grids.append(grid)
-            if part is not None:
-                parts.append(part)
-        if not parts:
-            return []
-        data = _cat(parts)
-        if len(crop_boxes) > 1:
-            # Prefer masks from smaller crops (Meta's score: 1 / crop area).
-            boxes_of_crops = torch.tensor(crop_boxes)
-            crop_area = (boxes_of_crops[:, 2] - boxes_of_crops[:, 0]) * (boxes_of_crops[:, 3] - boxes_of_crops[:, 1])
-            scores = 1 / crop_area[data["crop"]]
-            keep = batched_nms(data["boxes"].float(), scores, torch.zeros(len(scores)), self.crop_nms_thresh)
-            data = _take(data, keep)
-        return self._records(data, crop_boxes, grids, orig_size, deadline)
+        store = LogitStore(self.logits_memory_mb << 20)
+        try:
+            parts, grids = [], []
+            for i, (crop_box, layer) in enumerate(zip(crop_boxes, layer_idxs)):
+                advance(0)
+                crop_embedding = embedding if i == 0 else None
+                part, grid = self._process_crop(image, i, crop_box, layer, crop_embedding, advance, store)
+                grids.append(grid)
+                if part is not None:
+                    parts.append(part)
+            if not parts:
+                return []
+            data = _cat(parts)
+            if len(crop_boxes) > 1:
+                # Prefer masks from smaller crops (Meta's score: 1 / crop area).
+                b = torch.tensor(crop_boxes)
+                scores = 1 / ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))[data["crop"]]
+                keep = batched_nms(data["boxes"].float(), scores, torch.zeros(len(scores)), self.crop_nms_thresh)
+                data = _take(data, keep)
+            if max_masks is not None and self.min_mask_region_area <= 0:
+                best = torch.sort(torch.argsort(-data["iou"], stable=True)[:max_masks]).values
+                data = _take(data, best)
+            records = self._records(data, crop_boxes, grids, orig_size, store, deadline)
+        finally:
+            store.close()
+        if max_masks is not None and len(records) > max_masks:
+            order = sorted(range(len(records)), key=lambda i: -records[i]["predicted_iou"])[:max_masks]
+            records = [records[i] for i in sorted(order)]
+        return records
 
     def predict_low_res(self, points: torch.Tensor, crop_box: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Bx2 points (model-input pixels of the crop the predictor holds) -> low-res logits BxMxhxw, IoU BxM.
@@ -177,6 +206,7 @@ class SamAutomaticMaskGenerator:
         layer: int,
         embedding: ImageEmbedding | None,
         advance: Callable[[int], None],
+        store: LogitStore,
     ) -> tuple[Candidates | None, LowResMasks | None]:
         """Candidates of one crop after NMS (in image coordinates) and the upsampling of their logits."""
         x0, y0, x1, y1 = crop_box
@@ -192,6 +222,7 @@ class SamAutomaticMaskGenerator:
             for start in range(0, len(points_for_image), self.points_per_batch):
                 points = points_for_image[start : start + self.points_per_batch]
                 part, grid = self._process_batch(points, crop_size, crop_box, image.shape[:2])
+                part["slot"] = store.add(part.pop("logits"))
                 parts.append(part)
                 advance(len(points))
         finally:
@@ -245,17 +276,17 @@ class SamAutomaticMaskGenerator:
             self._grids[key] = LowResMasks(*key)
         return self._grids[key]
 
-    def _masks(self, data: Candidates, grids: list) -> Iterator[np.ndarray]:
+    def _masks(self, data: Candidates, grids: list, store: LogitStore) -> Iterator[np.ndarray]:
         """The candidates' masks at their crop's size, one at a time, in order (runs of one crop batched)."""
         t = self.predictor.model.mask_threshold
         crops = data["crop"].tolist()
         start = 0
         while start < len(crops):
             end = start + 1
-            while end < len(crops) and crops[end] == crops[start]:
+            while end < len(crops) and crops[end] == crops[start] and end - start < MASK_BATCH:
                 end += 1
             run = slice(start, end)
-            for mask in grids[crops[start]].masks(data["logits"][run], t, data["dense"][run]):
+            for mask in grids[crops[start]].masks(store.get(data["slot"][run]), t, data["dense"][run]):
                 yield mask.numpy()
             start = end
 
@@ -265,12 +296,13 @@ class SamAutomaticMaskGenerator:
         crop_boxes: list[list[int]],
         grids: list,
         orig_size: tuple[int, int],
+        store: LogitStore,
         deadline: Deadline | None = None,
     ) -> list[dict]:
         """Upsample the surviving masks one at a time, remove small regions, encode, write records."""
         h, w = orig_size
         segmentations, areas, boxes, changed = [], [], data["boxes"].tolist(), []
-        for i, mask in enumerate(self._masks(data, grids)):
+        for i, mask in enumerate(self._masks(data, grids, store)):
             if deadline is not None:
                 deadline.check(f"every point done and {i} of {len(boxes)} masks written")
             x0, y0, x1, y1 = crop_boxes[int(data["crop"][i])]
