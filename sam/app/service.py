@@ -27,8 +27,8 @@ from ..predictor import ImageEmbedding, SamPredictor
 from ..prompts import as_tensors, check_boxes, check_points
 from ..weights import load_model
 from .lru import LRU
-from .settings import ENV, MAX_ASPECT, MAX_PIXELS, MAX_PROMPTS, Settings
-from .threads import Workload
+from .settings import ENV, EVERYTHING_RUNS, MAX_ASPECT, MAX_EVERYTHING_MASKS, MAX_PIXELS, MAX_PROMPTS, Settings
+from .threads import FairLock, Workload
 
 # Images from visitors are read with the app's limits (sam/app/settings.py).
 read_image = functools.partial(load_image, max_pixels=MAX_PIXELS, max_aspect=MAX_ASPECT)
@@ -129,7 +129,10 @@ class Service:
         nbytes = lambda e: e.nbytes  # noqa: E731
         self.embeddings = LRU(cache_items, cache_mb << 20, nbytes)
         self.images = LRU(256, image_cache_mb << 20, nbytes)
-        self._embed_lock = threading.Lock()  # one embedding at a time, whoever asks (page, API, re-embed)
+        # One embedding (or segment-everything batch) at a time, whoever asks (page, API, re-embed), in turn.
+        self._embed_lock = FairLock()
+        self._everything: dict[object, int] = {}  # owner -> segment-everything runs in progress
+        self._everything_guard = threading.Lock()
         self._decode_slots = threading.BoundedSemaphore(decode_slots)
         self.workload = Workload()
         # a click decodes on this many threads when no other job runs, on one thread beside others
@@ -309,33 +312,68 @@ def segment(
     }
 
 
+class Busy(ValueError):
+    """Work refused at once because too much of it runs already; the message says to try again."""
+
+
+@contextlib.contextmanager
+def everything_slot(service: Service, owner: str | None):
+    """One segment-everything run for `owner` (a visitor; None: anonymous), among at most EVERYTHING_RUNS at
+    once; Busy if not."""
+    owner = owner if owner is not None else object()
+    with service._everything_guard:
+        if service._everything.get(owner):
+            raise Busy("your segment-everything is still running: wait for it (or cancel it) first")
+        if sum(service._everything.values()) >= EVERYTHING_RUNS:
+            raise Busy("segment everything is busy with other visitors' images: try again in a minute")
+        service._everything[owner] = 1
+    try:
+        yield
+    finally:
+        with service._everything_guard:
+            del service._everything[owner]
+
+
 def everything(
     service: Service,
     model_name: str,
     key: str,
     path: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    owner: str | None = None,
+    max_masks: int = MAX_EVERYTHING_MASKS,
     **generator_args,
 ) -> list[dict]:
     """Segment everything in a kept image (sam.automatic with Meta's defaults unless overridden).
 
-    Records as SamAutomaticMaskGenerator's with output_mode="uncompressed_rle", best predicted IoU first.
-    It runs under the embedding lock: like an embedding, it keeps both cores busy for a while; past
-    `service.everything_timeout_s` of its own work it stops with sam.deadline.TimeLimitError (a ValueError).
+    Records as SamAutomaticMaskGenerator's with output_mode="uncompressed_rle", best predicted IoU first,
+    at most max_masks of them. One run per owner and EVERYTHING_RUNS in all (Busy beyond). It takes the
+    embedding lock one batch of points at a time, so embeddings asked for meanwhile run between its
+    batches; past `service.everything_timeout_s` it stops with sam.deadline.TimeLimitError (a ValueError).
     """
     from ..automatic import SamAutomaticMaskGenerator
 
-    embedded = service.embed(model_name, key, path)
-    image = service.image(key, path)
-    generator = SamAutomaticMaskGenerator(
-        service.models.get(model_name), output_mode="uncompressed_rle", **generator_args
-    )
-    with service._embed_lock, service.workload.job(service.embed_threads, shared=False):
-        deadline = Deadline(
-            service.everything_timeout_s, "segment everything", ENV["everything_timeout_s"],
-            "nothing was changed. Use fewer points per side, or click the objects one by one.",
+    with everything_slot(service, owner):
+        embedded = service.embed(model_name, key, path)
+        image = service.image(key, path)
+        generator = SamAutomaticMaskGenerator(
+            service.models.get(model_name), output_mode="uncompressed_rle", **generator_args
         )
-        records = generator.generate(image, embedding=embedded.embedding, progress=progress, deadline=deadline)
+        lock = service._embed_lock
+
+        def between_batches(done: int, total: int) -> None:
+            lock.yield_turn()
+            if progress is not None:
+                progress(done, total)
+
+        with lock, service.workload.job(service.embed_threads, shared=False):
+            deadline = Deadline(
+                service.everything_timeout_s, "segment everything", ENV["everything_timeout_s"],
+                "nothing was changed. Use fewer points per side, or click the objects one by one.",
+            )
+            records = generator.generate(
+                image, embedding=embedded.embedding, progress=between_batches, deadline=deadline, max_masks=max_masks
+            )
     return sorted(records, key=lambda r: -r["predicted_iou"])
 
 

@@ -23,6 +23,8 @@ SESSION_TTL_S = 3600  # a visitor's state is dropped this long after their last 
 QUEUE_SIZE = 64  # queued image embeddings and API calls; more get "the queue is full"
 PAGE_TIMEOUT_S = 120  # the page stops waiting for an answer after this long (static/canvas.js, TIMEOUT_MS)
 MAX_BODY_KB = 1024  # request bodies other than uploads (JSON of the queue, API and canvas routes): HTTP 413 beyond
+EVERYTHING_RUNS = 2  # segment-everything runs at once (one per visitor); more are told "busy" at once
+MAX_EVERYTHING_MASKS = 255  # masks one segment-everything returns (the best by predicted IoU; one 8-bit label image)
 PRECISIONS = ("auto", "float32", "bfloat16")
 
 

@@ -43,3 +43,47 @@ class Workload:
         finally:
             with self._lock:
                 self._count -= 1
+
+
+class FairLock:
+    """A lock taken in the order it was asked for (first come, first served), unlike threading.Lock.
+
+    Segment-everything gives it up between batches with `yield_turn`: an embedding asked for meanwhile
+    runs before its next batch, instead of waiting for the whole run.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._next_ticket = 0  # the next ticket to hand out
+        self._serving = 0  # the ticket whose turn it is
+
+    def acquire(self, blocking: bool = True) -> bool:
+        """Wait for the lock (or, not blocking, take it only if nobody holds or waits for it)."""
+        with self._cond:
+            if not blocking and self._serving != self._next_ticket:
+                return False
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            self._cond.wait_for(lambda: self._serving == ticket)
+            return True
+
+    def release(self) -> None:
+        with self._cond:
+            self._serving += 1
+            self._cond.notify_all()
+
+    def yield_turn(self) -> bool:
+        """Let everyone who asked before now go first, then hold the lock again; True if anyone was waiting."""
+        with self._cond:
+            waiting = self._next_ticket - self._serving - 1
+        if waiting:
+            self.release()
+            self.acquire()
+        return waiting > 0
+
+    def __enter__(self) -> "FairLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -1,0 +1,75 @@
+"""Segment everything in the app's service: it gives the embedding lock up between batches, and runs are capped
+(one per visitor, EVERYTHING_RUNS in all) with a "busy" answer at once beyond."""
+
+import contextlib
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from sam.app.service import Busy, Models, Service, everything, everything_slot
+from sam.app.settings import EVERYTHING_RUNS
+from sam.app.threads import FairLock
+from tests.helpers.loaders import CountingLoader
+
+ARGS = dict(points_per_side=8, points_per_batch=16, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+
+
+def random_image(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+
+
+def test_the_fair_lock_serves_in_order_and_yields_to_those_waiting():
+    lock, order = FairLock(), []
+    lock.acquire()
+    assert not lock.acquire(blocking=False) and not lock.yield_turn()  # nobody waits: no turn given up
+    threads = [threading.Thread(target=lambda i=i: (lock.acquire(), order.append(i), lock.release())) for i in range(3)]
+    for t in threads:
+        t.start()
+        while lock._next_ticket - lock._serving < 2 + threads.index(t):  # it is queued before the next starts
+            time.sleep(0.001)
+    assert lock.yield_turn() and order == [0, 1, 2]  # the three ran, in the order they asked, then it was ours
+    lock.release()
+    assert lock.acquire(blocking=False)
+    lock.release()
+
+
+def test_an_embedding_asked_for_during_segment_everything_runs_before_its_next_batch():
+    service = Service(Models(CountingLoader()), cache_items=4, cache_mb=16)
+    key, other = service.add_image(random_image(0)), service.add_image(random_image(1))
+    service.embed("m0", key)
+    events, asker = [], []
+
+    def progress(done: int, total: int) -> None:
+        events.append(f"batch {done // 16}")
+        if done == 16:  # after the first batch: another visitor's image arrives
+            t = threading.Thread(target=lambda: (service.embed("m0", other), events.append("embedded")))
+            asker.append(t)
+            t.start()
+            while service._embed_lock._next_ticket - service._embed_lock._serving < 2:  # it waits for the lock
+                time.sleep(0.001)
+
+    records = everything(service, "m0", key, progress=progress, **ARGS)
+    asker[0].join()
+    assert len(records) > 0 and events.index("embedded") == 1  # right after batch 1, before batch 2
+    assert events[-1] == "batch 4"
+
+
+def test_runs_beyond_the_cap_and_a_second_run_of_one_visitor_are_told_busy_at_once():
+    service = Service(Models(CountingLoader()), cache_items=4, cache_mb=16)
+    key = service.add_image(random_image(0))
+    with everything_slot(service, "visitor a"):
+        start = time.monotonic()
+        with pytest.raises(Busy, match="your segment-everything is still running"):
+            everything(service, "m0", key, owner="visitor a", **ARGS)
+        assert len(everything(service, "m0", key, owner="visitor b", **ARGS)) > 0  # others go on
+        with contextlib.ExitStack() as stack:
+            for i in range(EVERYTHING_RUNS - 1):
+                stack.enter_context(everything_slot(service, f"other {i}"))
+            with pytest.raises(Busy, match="busy with other visitors' images: try again"):
+                everything(service, "m0", key, owner="visitor c", **ARGS)
+        assert time.monotonic() - start < 30
+    assert not service._everything  # every slot given back, also after the refusals
+    assert len(everything(service, "m0", key, owner="visitor a", max_masks=3, **ARGS)) == 3
+
