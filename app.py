@@ -75,7 +75,7 @@ def wire_api(h: ApiHandlers) -> None:
         points, labels, box = gr.JSON([], label="points"), gr.JSON([], label="labels"), gr.JSON([], label="box")
         multimask = gr.Checkbox(True, label="multimask")
         model = gr.Dropdown(h.choices, value=h.model_name, label="model")
-        points_per_side = gr.Number(32, precision=0, label="points_per_side")
+        points_per_side = gr.Number(32, label="points_per_side")  # an integer, checked by the handler
         iou = gr.Number(0.88, label="pred_iou_thresh")
         stability = gr.Number(0.95, label="stability_score_thresh")
         segment_out, everything_out = gr.JSON(label="result"), gr.JSON(label="result")
@@ -86,7 +86,7 @@ def wire_api(h: ApiHandlers) -> None:
     )
     everything_go.click(
         h.everything_api, [image, points_per_side, iou, stability, model], everything_out, api_name="everything",
-        **api,
+        concurrency_id="everything", concurrency_limit=None,  # capped, with a "busy" answer, by the service
     )
 
 

@@ -10,6 +10,7 @@ in a separate, small pool of slots, so a click never waits behind another visito
 import contextlib
 import functools
 import hashlib
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from ..deadline import Deadline
+from ..hub import WeightsError
 from ..images import load_image, prepare
 from ..modeling.sam import Sam
 from ..predictor import ImageEmbedding, SamPredictor
@@ -39,6 +41,19 @@ def image_key(image: np.ndarray) -> str:
     h = hashlib.sha256(f"{image.shape}".encode())
     h.update(np.ascontiguousarray(image).data)
     return h.hexdigest()[:32]
+
+
+def public_message(error: Exception) -> str:
+    """One line for a visitor or an API caller, with no path of the server in it.
+
+    Errors that say what to change (ValueError, LookupError, WeightsError) keep their first line, with
+    paths reduced to their file names; anything else is an internal error, named by its type only (the
+    caller logs it with its traceback).
+    """
+    if not isinstance(error, ValueError | LookupError | WeightsError):
+        return f"Internal error ({type(error).__name__}); see the server log."
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return re.sub(r"(?<![\w.])(?:~|[A-Za-z]:)?(?:[\\/][^\s\\/'\"(),;:]+)+[\\/]([^\s\\/'\"(),;:]+)", r"\1", text)
 
 
 def model_info(name: str, model: Sam) -> dict[str, object]:
@@ -308,7 +323,6 @@ def segment(
         "boxes": [mask_to_box(m) for m in masks],
         "model": model_name,
         "weights": info["source"],
-        "embedding_seconds": round(embedded.seconds, 3),
     }
 
 
