@@ -1,14 +1,15 @@
 """auto_annotate: a detector's boxes become SAM masks, written as YOLO-seg labels (as the Ultralytics docs)."""
 
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .api import SAM, read_file
-from .export import yolo_lines
+from .api import SAM
 from .images import list_images
+from .sources import Decoded, read_file
 
 Detector = Callable[[np.ndarray], tuple[Any, Any]]
 
@@ -63,7 +64,7 @@ def ultralytics_detector(name: str, device: str, **predict_args: Any) -> Callabl
     yolo = YOLO(name)
 
     def detect(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        result = yolo(image[:, :, ::-1], verbose=False, device=device or None, **predict_args)[0]  # YOLO takes BGR
+        result = yolo(image, verbose=False, device=device or None, **predict_args)[0]
         return result.boxes.xyxy.cpu().numpy(), result.boxes.cls.cpu().numpy().astype(np.int64)
 
     return detect
@@ -92,9 +93,10 @@ def auto_annotate(
 ) -> Path:
     """Label every image of `data` (folder, glob or file) with YOLO-seg polygons; returns the label folder.
 
-    det_model: a callable image (HxWx3 RGB uint8) -> (boxes Nx4 xyxy pixels, classes N); a folder of
-    YOLO detection labels (`class cx cy w h`, one .txt per image stem); or an Ultralytics YOLO model
-    name (needs ultralytics; conf, iou, imgsz and max_det go to it). classes: keep only these ids.
+    det_model: a callable image (HxWx3 uint8 BGR, as cv2.imread gives and Ultralytics' models take) ->
+    (boxes Nx4 xyxy pixels, classes N); a folder of YOLO detection labels (`class cx cy w h`, one .txt per
+    image stem); or an Ultralytics YOLO model name (needs ultralytics; conf, iou, imgsz and max_det go to
+    it). classes: keep only these ids.
     Each image with detections gets output_dir/<stem>.txt with one line `class x1 y1 x2 y2 ...`
     (normalised outline of the mask's largest region) per detection, in the detector's order (a
     detection whose mask is empty gets no line). output_dir defaults to <data>_auto_annotate_labels beside data.
@@ -117,16 +119,15 @@ def auto_annotate(
     if progress:
         from tqdm import tqdm
 
-        paths = tqdm(paths, desc="annotate", unit="image")
+        paths = tqdm(paths, desc="annotate", unit="image", file=sys.stderr)
     for path in paths:
-        image = read_file(path)
-        boxes, cls = _detections(*detect(image, path))
+        image = read_file(path)  # RGB
+        boxes, cls = _detections(*detect(np.ascontiguousarray(image[..., ::-1]), path))
         if keep_classes is not None:
             wanted = np.isin(cls, list(keep_classes))
             boxes, cls = boxes[wanted], cls[wanted]
         if len(boxes) == 0:
             continue
-        result = sam(image, bboxes=boxes)[0]
-        lines = yolo_lines(list(result.masks), cls)
+        lines = sam(Decoded(image, str(path)), bboxes=boxes, verbose=False)[0].to_yolo(cls)
         (output_dir / f"{path.stem}.txt").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return output_dir

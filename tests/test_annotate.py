@@ -13,7 +13,7 @@ from sam.build import SamConfig, ViTConfig, build_sam
 from sam.export import yolo_lines
 
 TINY = SamConfig(ViTConfig(64, 2, 4, (1,), window_size=4), img_size=256)
-COLORS = {0: (255, 0, 0), 1: (0, 0, 255)}  # class -> the colour its objects are painted in
+COLORS = {0: (255, 0, 0), 1: (0, 0, 255)}  # class -> the colour (RGB) its objects are painted in
 
 
 @pytest.fixture(scope="module")
@@ -23,12 +23,13 @@ def sam():
 
 
 def color_detector(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A detector for the synthetic images: the bounding box of each pure-colour region, class by colour."""
+    """A detector for the synthetic images (BGR, as auto_annotate hands them over): the bounding box of each
+    pure-colour region, class by colour."""
     import cv2
 
     boxes, classes = [], []
     for cls, color in COLORS.items():
-        hit = np.all(image == color, axis=2).astype(np.uint8)
+        hit = np.all(image == color[::-1], axis=2).astype(np.uint8)
         n, _, stats, _ = cv2.connectedComponentsWithStats(hit, connectivity=8)
         for x, y, w, h, _ in stats[1:]:
             boxes.append([x, y, x + w, y + h])
@@ -65,15 +66,18 @@ def parse(path):
     return rows
 
 
+def read_bgr(path) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(Image.open(path).convert("RGB"))[..., ::-1])
+
+
 def expected_lines(sam, image_path, boxes, classes):
-    image = np.asarray(Image.open(image_path).convert("RGB"))
-    return yolo_lines(list(sam(image, bboxes=boxes)[0].masks), classes)
+    return yolo_lines(list(sam(read_bgr(image_path), bboxes=boxes)[0].masks.data.numpy()), classes)
 
 
 def test_detector_sees_the_known_objects(dataset):
     root, truth = dataset
     for stem, (boxes, classes) in truth.items():
-        got_boxes, got_classes = color_detector(np.asarray(Image.open(root / "images" / f"{stem}.png")))
+        got_boxes, got_classes = color_detector(read_bgr(root / "images" / f"{stem}.png"))
         order = np.lexsort((got_boxes[:, 1], got_boxes[:, 0]))
         want = np.lexsort((boxes[:, 1], boxes[:, 0]))
         np.testing.assert_array_equal(got_boxes[order], boxes[want])
@@ -82,12 +86,15 @@ def test_detector_sees_the_known_objects(dataset):
 
 def test_round_trip_with_a_callable_detector(dataset, sam):
     root, truth = dataset
-    out = auto_annotate(root / "images", det_model=color_detector, sam_model=sam)
+    seen = []
+    out = auto_annotate(root / "images", det_model=lambda im: seen.append(im) or color_detector(im), sam_model=sam)
+    for image, stem in zip(seen, ("empty", "one", "two")):  # the detector is given BGR, as Ultralytics' models
+        np.testing.assert_array_equal(image, read_bgr(root / "images" / f"{stem}.png"))
     assert out == root / "images_auto_annotate_labels"  # the docs' default, beside the data folder
     assert sorted(p.name for p in out.iterdir()) == ["one.txt", "two.txt"]  # no detections, no file
     for stem in ("one", "two"):
         path = root / "images" / f"{stem}.png"
-        boxes, classes = color_detector(np.asarray(Image.open(path)))
+        boxes, classes = color_detector(read_bgr(path))
         text = (out / f"{stem}.txt").read_text()
         assert text.splitlines() == expected_lines(sam, path, boxes, classes)
         rows = parse(out / f"{stem}.txt")

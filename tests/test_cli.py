@@ -34,6 +34,12 @@ def files(tmp_path_factory):
     return root
 
 
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    """In-process runs write their default outputs (runs/segment/...) under tmp_path."""
+    monkeypatch.chdir(tmp_path)
+
+
 def sam_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
     return subprocess.run(
@@ -67,7 +73,7 @@ def test_bad_arguments_exit_2(files, tmp_path, capsys):
     assert r.returncode == 2 and "expected X,Y, got '1,2,3'" in r.stderr
     base = ["predict", str(files / "images"), "--model", str(files / "tiny.pth")]
     with pytest.raises(SystemExit) as e:
-        main(base)  # --output is required
+        main(["predict", "--model", str(files / "tiny.pth")])  # a source is required
     assert e.value.code == 2
     assert main([*base, "--output", "o", "--points", "1,2", "3,4", "--labels", "1"]) == 2
     assert "error: 2 points but 1 labels" in capsys.readouterr().err
@@ -128,3 +134,58 @@ def test_annotate_errors(files, tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as e:
         main(["annotate", str(files / "images"), "--model", model])  # a detector is required
     assert e.value.code == 2
+
+
+def test_predict_key_value_form(files, tmp_path):
+    """`sam predict model=... source=... points=[[x,y],[x,y]] labels=[1,0]`: the Python call's nesting and
+    Ultralytics' default output folder, runs/segment/predict, then predict2."""
+    model = str(files / "tiny.pth")
+    image = str(files / "images" / "a.png")
+    pairs = [f"model={model}", f"source={image}", "points=[[30,40],[60,50]]", "labels=[1,0]"]
+    r = sam_cli("predict", *pairs, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    first = tmp_path / "runs" / "segment" / "predict" / "a"
+    assert sorted(p.name for p in (first / "masks").iterdir()) == ["0.png", "1.png"]  # one object per point
+    assert f"-> {Path('runs/segment/predict/a')}" in r.stdout
+    assert main(["predict", image, "--model", model, "--points", "30,40", "60,50", "--labels", "1", "0"]) == 0
+    second = tmp_path / "runs" / "segment" / "predict2" / "a"  # the flags: both points, one object
+    assert sorted(p.name for p in (second / "masks").iterdir()) == ["0.png"]
+    boxes = ["bboxes=[[10,10,60,50],[40,30,110,80]]", "multimask_output=True", "project=out", "name=exp"]
+    assert main(["predict", f"model={model}", image, *boxes]) == 0
+    assert len(list((tmp_path / "out" / "exp" / "a" / "masks").iterdir())) == 6
+    everything = ["points_stride=3", "conf_thres=0", "stability_score_thresh=0", "verbose=False", "conf=0.0"]
+    assert main(["predict", f"model={model}", f"source={image}", *everything, "project=out", "name=all"]) == 0
+    assert len(list((tmp_path / "out" / "all" / "a" / "masks").iterdir())) > 0
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["points=[[1,2]]", "--points", "1,2"], "as flags or as key=value, not both"),
+        (["--model", "x.pth"], "--model and model= were both given"),
+        (["save=False"], "the command line always writes its outputs"),
+        (["imgsz=640"], "imgsz=640 is not supported: SAM always embeds the image with its long side at 256"),
+        (["half=True"], "half= is not supported: fp16 is not used here"),
+        (["show=True"], "show= is not taken by `sam predict`"),
+        (["crop_layers=1"], "unknown argument 'crop_layers'"),
+        (["points=[[1,2]]", "crop_n_layers=1"], "crop_n_layers: segment-everything settings"),
+        (["points=[[500,40]]"], "point (500, 40) is outside the 120x90 image"),
+        (["source=other.png"], "give one source"),
+        (["--output", "o", "project=p"], "--output and project= / name= were both given"),
+    ],
+)
+def test_predict_key_value_mistakes_exit_2(files, capsys, extra, message):
+    code = main(["predict", f"model={files / 'tiny.pth'}", str(files / "images" / "a.png"), *extra])
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_info_and_unsupported_models(files, tmp_path, capsys):
+    assert main(["info", f"model={files / 'tiny.pth'}"]) == 0
+    out = capsys.readouterr().out
+    assert "parameters: " in out and "img_size: 256" in out and f"files: {files / 'tiny.pth'}" in out
+    assert main(["info", str(files / "tiny.pth")]) == 0 and "precision: float32" in capsys.readouterr().out
+    assert main(["info", "model=a.pt", "b.pt"]) == 2 and "give one model" in capsys.readouterr().err
+    r = sam_cli("info", "model=sam3.pt", cwd=tmp_path)
+    assert r.returncode == 3 and "SAM 3" in r.stderr and "not supported here" in r.stderr
+    r = sam_cli("predict", "model=FastSAM-s.pt", f"source={files / 'images'}", cwd=tmp_path)
+    assert r.returncode == 3 and "FastSAM" in r.stderr

@@ -1,4 +1,4 @@
-"""Command line: `sam predict ...`, `sam annotate ...`, `sam everything ...` (or `python -m sam ...`).
+"""Command line: `sam predict ...`, `sam annotate ...`, `sam everything ...`, `sam info ...` (or `python -m sam ...`).
 
 Exit codes: 0 done; 1 unexpected error (traceback); 2 bad arguments; 3 the model could not be loaded;
 4 no images found, or an image could not be read (the others are still processed). Errors go to stderr
@@ -9,10 +9,10 @@ import argparse
 import sys
 
 from ..allocator import reuse_freed_memory
-from . import annotate, everything, predict
+from . import annotate, everything, info, predict
 from .common import CliError
 
-COMMANDS = (predict, annotate, everything)  # each module has add_parser(subparsers), which sets func=run
+COMMANDS = (predict, annotate, everything, info)  # each module has add_parser(subparsers), which sets func=run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)  # bad arguments: argparse prints usage and exits with 2
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)  # bad arguments: argparse prints usage and exits with 2
+    if extra:  # words after a flag's values: more SOURCE / KEY=VALUE words for the commands that take them
+        if not hasattr(args, "inputs") or any(word.startswith("-") for word in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.inputs = [*args.inputs, *extra]
     reuse_freed_memory()  # see sam/allocator.py
     try:
         return int(args.func(args) or 0)

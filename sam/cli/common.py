@@ -1,6 +1,8 @@
-"""What the subcommands share: exit codes, the error they raise, loading the model, reading images."""
+"""What the subcommands share: exit codes, the error they raise, key=value arguments, the model, reading images."""
 
 import argparse
+import ast
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -35,6 +37,35 @@ def numbers(n: int, what: str):
     return parse
 
 
+def smart_value(text: str):
+    """A key=value value as Ultralytics' CLI reads it: a Python literal ([[400,370]], 0.25, True), else text.
+
+    true / false / none are read in any case; anything that is not a literal stays a string (file names).
+    """
+    lower = text.lower()
+    if lower in ("true", "false", "none"):
+        return {"true": True, "false": False, "none": None}[lower]
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return text
+
+
+def split_pairs(tokens: list[str]) -> tuple[list[str], dict]:
+    """Command-line words -> (plain words, {key: value} of the `key=value` ones). CliError for a key given twice."""
+    plain, pairs = [], {}
+    for token in tokens:
+        match = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)=(.*)", token, flags=re.S)
+        if match is None:
+            plain.append(token)
+            continue
+        key, value = match.groups()
+        if key in pairs:
+            raise CliError(f"{key}= is given twice", EXIT_USAGE)
+        pairs[key] = smart_value(value)
+    return plain, pairs
+
+
 def load_sam(model: str, device: str):
     """sam.SAM(model) for the subcommands; CliError with EXIT_MODEL when the weights cannot be had."""
     from ..api import SAM
@@ -63,8 +94,8 @@ def read_images(paths: list[Path], extras: Iterable[T], desc: str) -> Iterator[t
     """
     from tqdm import tqdm
 
-    from ..api import read_file
     from ..images import ImageError
+    from ..sources import read_file
 
     items = list(zip(paths, extras))
     unreadable = 0
