@@ -16,16 +16,18 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 from starlette.middleware import Middleware
 
 from sam.allocator import reuse_freed_memory
 from sam.app import settings as limits
 from sam.app.api import ApiHandlers
-from sam.app.body_limit import BodyLimit
+from sam.app.body_limit import BodyLimit, UploadBudget
 from sam.app.canvas import sam_canvas
 from sam.app.handlers import Handlers, model_choices
 from sam.app.service import Service
 from sam.app.settings import ENV, PRECISIONS, Settings
+from sam.app.sweep import Sweeper
 
 EXAMPLES = sorted((Path(__file__).parent / "examples").glob("*.jpg"))
 
@@ -92,7 +94,8 @@ def wire_api(h: ApiHandlers) -> None:
 
 def build_demo(settings: Settings, service: Service | None = None) -> gr.Blocks:
     h = Handlers(service or Service.from_settings(settings), settings.model, EXAMPLES, settings.everything)
-    with gr.Blocks(title="Segment Anything") as demo:
+    # Gradio deletes uploads and its copies of the exports an hour after they arrive (sam/app/sweep.py: the rest).
+    with gr.Blocks(title="Segment Anything", delete_cache=(600, limits.SESSION_TTL_S)) as demo:
         ui = layout(h)
         wire_page(demo, ui, h)
         wire_api(ApiHandlers(h.service, h.model_name, h.choices))
@@ -130,12 +133,19 @@ def main(argv: list[str] | None = None) -> None:
     threading.Thread(target=lambda: _try(service, settings.model), daemon=True).start()
     demo = build_demo(settings, service)
     demo.queue(max_size=limits.QUEUE_SIZE, default_concurrency_limit=1)
+    Sweeper(get_upload_folder(), limits.EXPORT_DIR).start()
     demo.launch(
         state_session_capacity=settings.max_sessions,
         max_file_size=f"{limits.MAX_UPLOAD_MB}mb",  # uploads; BodyLimit bounds every other request body
         allowed_paths=[str(p) for p in EXAMPLES],
-        app_kwargs={"middleware": [Middleware(BodyLimit, max_bytes=limits.MAX_BODY_KB << 10)]},
+        app_kwargs={"middleware": [Middleware(BodyLimit, **body_limits())]},
     )
+
+
+def body_limits() -> dict:
+    """BodyLimit's arguments: JSON bodies, upload requests (their multipart framing aside) and upload budgets."""
+    budget = UploadBudget(limits.UPLOAD_MB_PER_CLIENT << 20, limits.UPLOAD_MB_TOTAL << 20)
+    return dict(max_bytes=limits.MAX_BODY_KB << 10, upload_max_bytes=(limits.MAX_UPLOAD_MB + 1) << 20, budget=budget)
 
 
 def _try(service: Service, name: str) -> None:

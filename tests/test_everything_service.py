@@ -73,3 +73,13 @@ def test_runs_beyond_the_cap_and_a_second_run_of_one_visitor_are_told_busy_at_on
     assert not service._everything  # every slot given back, also after the refusals
     assert len(everything(service, "m0", key, owner="visitor a", max_masks=3, **ARGS)) == 3
 
+
+@pytest.mark.parametrize("share", [True, False])
+def test_embeddings_are_shared_between_visitors_only_when_the_setting_says_so(share):
+    service = Service(Models(CountingLoader()), cache_items=8, cache_mb=16, share_embeddings=share)
+    key = service.add_image(random_image(0))
+    assert not service.embed("m0", key, owner="a").cached
+    assert service.embed("m0", key, owner="a").cached  # a visitor's own image again: from the cache
+    assert service.embed("m0", key, owner="b").cached is share  # what another visitor could tell
+    assert service.embed("m0", key).cached is share  # examples (no owner) are always shared
+    assert service.embed("m0", key).cached

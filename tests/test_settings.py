@@ -26,18 +26,18 @@ def test_each_variable_sets_its_field():
         "SAM_MODEL": "mobile-sam", "SAM_PRECISION": "float32", "SAM_MAX_SESSIONS": "7", "SAM_MAX_MODELS": "1",
         "SAM_EMBEDDING_CACHE_ITEMS": "3", "SAM_EMBEDDING_CACHE_MB": "64", "SAM_IMAGE_CACHE_MB": "32",
         "SAM_DECODE_THREADS": "1", "SAM_EMBED_THREADS": "2", "SAM_EVERYTHING_TIMEOUT_S": "12.5",
-        "SAM_EVERYTHING": '{"points_per_side": 16}',
+        "SAM_EVERYTHING": '{"points_per_side": 16}', "SAM_SHARE_EMBEDDINGS": "off",
     }
     assert set(env) == set(ENV.values())
     s = Settings.from_env(env)
     assert (s.model, s.precision, s.max_sessions, s.max_models) == ("mobile-sam", "float32", 7, 1)
     assert (s.embedding_cache_items, s.embedding_cache_mb, s.image_cache_mb) == (3, 64, 32)
     assert (s.decode_threads, s.embed_threads, s.everything_timeout_s) == (1, 2, 12.5)
-    assert s.everything == {"points_per_side": 16}
+    assert s.everything == {"points_per_side": 16} and s.share_embeddings is False
     service = Service.from_settings(s)
     assert (service.models.max_models, service.embeddings.max_items, service.embeddings.max_bytes) == (1, 3, 64 << 20)
     assert (service.images.max_bytes, service.decode_threads, service.embed_threads) == (32 << 20, 1, 2)
-    assert service.everything_timeout_s == 12.5
+    assert service.everything_timeout_s == 12.5 and service.share_embeddings is False
 
 
 @pytest.mark.parametrize(
@@ -50,6 +50,7 @@ def test_each_variable_sets_its_field():
         ({"SAM_EVERYTHING": "{points_per_side: 16}"}, "SAM_EVERYTHING must be a JSON object"),
         ({"SAM_EVERYTHING": "[16]"}, "SAM_EVERYTHING must be a JSON object"),
         ({"SAM_EVERYTHING": '{"points": 16}'}, r"SAM_EVERYTHING has unknown keys \['points'\]"),
+        ({"SAM_SHARE_EMBEDDINGS": "maybe"}, "SAM_SHARE_EMBEDDINGS must be 1 or 0"),
     ],
 )
 def test_a_bad_value_names_its_variable(env, message):

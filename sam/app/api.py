@@ -32,12 +32,13 @@ class ApiHandlers:
             raise ValueError(f"model must be one of {', '.join(self.choices)}")
         return model
 
-    def segment_api(self, image, points, labels, box, multimask, model) -> dict[str, Any]:
+    def segment_api(self, image, points, labels, box, multimask, model, request: gr.Request = None) -> dict[str, Any]:
         """Masks for one object: image, points [[x, y], ...], labels [1|0, ...], box [x0, y0, x1, y1] ->
         {"size", "masks" (COCO RLE), "scores", "boxes", "model", "weights"}."""
         try:
             model = self._model(model)
-            return segment(self.service, model, _image(image), points, labels, box, bool(multimask))
+            owner = getattr(request, "session_hash", None)
+            return segment(self.service, model, _image(image), points, labels, box, bool(multimask), owner=owner)
         except Exception as e:
             raise _refusal(e) from None
 

@@ -12,11 +12,12 @@ from typing import Any
 
 import gradio as gr
 
-from ..images import frame_count
+from ..images import ImageError, frame_count
 from ..weights import KNOWN_MODELS
 from .canvas import CanvasServer, model_error
 from .service import Service, read_image
 from .session import AppSession, SessionRegistry
+from .settings import EXPORT_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,11 @@ class Handlers:
         rid = data.get("rid")
         try:
             path = upload_path(data.get("path"))
-            image, title = read_image(path), str(data.get("name") or "image")[:100]
+            try:
+                image, title = read_image(path), str(data.get("name") or "image")[:100]
+            except ImageError:
+                Path(path).unlink(missing_ok=True)  # not an image we take: nothing to keep it for
+                raise
             animated = frame_count(path) > 1  # the page shows the frame we segment, not the animation
             return self.canvas.open_image(session, name, image, title, path, animated, rid)
         except Exception as e:
@@ -108,7 +113,8 @@ class Handlers:
 
     def on_export(self, session):
         try:
-            return str(self.canvas.export(session, tempfile.mkdtemp(prefix="sam-export-")))
+            EXPORT_DIR.mkdir(parents=True, exist_ok=True)
+            return str(self.canvas.export(session, tempfile.mkdtemp(prefix="export-", dir=EXPORT_DIR)))
         except ValueError as e:
             raise gr.Error(str(e)) from None
 

@@ -138,6 +138,7 @@ class Service:
         decode_threads: int = Settings.decode_threads,
         embed_threads: int = Settings.embed_threads,
         everything_timeout_s: float = Settings.everything_timeout_s,
+        share_embeddings: bool = Settings.share_embeddings,
     ) -> None:
         """Thread counts of 0 mean all of torch's threads; the other values are sam.app.settings.Settings'."""
         self.models = models or Models()
@@ -154,6 +155,7 @@ class Service:
         self.decode_threads = decode_threads or torch.get_num_threads()
         self.embed_threads = embed_threads or torch.get_num_threads()
         self.everything_timeout_s = everything_timeout_s
+        self.share_embeddings = share_embeddings
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Service":
@@ -162,7 +164,7 @@ class Service:
         return cls(
             Models(loader, settings.max_models), settings.embedding_cache_items, settings.embedding_cache_mb,
             settings.image_cache_mb, decode_threads=settings.decode_threads, embed_threads=settings.embed_threads,
-            everything_timeout_s=settings.everything_timeout_s,
+            everything_timeout_s=settings.everything_timeout_s, share_embeddings=settings.share_embeddings,
         )
 
     # images -----------------------------------------------------------------------------------------
@@ -190,15 +192,20 @@ class Service:
         return image
 
     # embeddings -------------------------------------------------------------------------------------
-    def embed(self, model_name: str, key: str, path: str | None = None) -> Embedded:
-        """Embedding of a kept image by `model_name`: from the cache, or computed (one at a time)."""
-        cached = self.embeddings.get((model_name, key))
+    def embed(self, model_name: str, key: str, path: str | None = None, owner: str | None = None) -> Embedded:
+        """Embedding of a kept image by `model_name`: from the cache, or computed (one at a time).
+
+        owner: the visitor asking; unless embeddings are shared, each visitor's uploads have cache entries of
+        their own (None: shared, as the examples are).
+        """
+        cache_key = (model_name, key) if owner is None or self.share_embeddings else (model_name, key, owner)
+        cached = self.embeddings.get(cache_key)
         if cached is not None:
             return Embedded(key, cached, 0.0, True)
         model = self.models.get(model_name)
         image = self.image(key, path)
         with self._embed_lock:
-            cached = self.embeddings.get((model_name, key))  # someone else may have just computed it
+            cached = self.embeddings.get(cache_key)  # someone else may have just computed it
             if cached is not None:
                 return Embedded(key, cached, 0.0, True)
             start = time.perf_counter()
@@ -208,7 +215,7 @@ class Service:
                 predictor.set_torch_image(torch.as_tensor(small).permute(2, 0, 1)[None], image.shape[:2])
             embedding = predictor.embedding
             seconds = time.perf_counter() - start
-        self.embeddings.put((model_name, key), embedding)
+        self.embeddings.put(cache_key, embedding)
         return Embedded(key, embedding, seconds, False)
 
     def decoder(self, model_name: str, embedding: ImageEmbedding) -> "Decoder":
@@ -299,10 +306,12 @@ def segment(
     labels=None,
     box=None,
     multimask: bool = True,
+    owner: str | None = None,
 ) -> dict[str, object]:
     """Masks for one object in an image, for scripts: COCO RLE masks at image size, scores, boxes.
 
-    points [[x, y], ...] with labels [1 or 0, ...] and/or box [x0, y0, x1, y1], in image pixels.
+    points [[x, y], ...] with labels [1 or 0, ...] and/or box [x0, y0, x1, y1], in image pixels; owner:
+    the caller, for Service.embed.
     Returns {"size": [H, W], "masks": [RLE, ...], "scores": [...], "boxes": [[x0, y0, x1, y1], ...], "model": ...}
     with 3 masks when multimask else 1, best score first.
     """
@@ -310,7 +319,7 @@ def segment(
 
     pts, lab, bx = _prompt_arrays(points, labels, box, image.shape[:2])
     key = service.add_image(image)
-    embedded = service.embed(model_name, key)
+    embedded = service.embed(model_name, key, owner=owner)
     decoder = service.decoder(model_name, embedded.embedding)
     low_res, scores = decoder.decode(pts, lab, bx, None, bool(multimask))
     order = np.argsort(-scores, kind="stable")
@@ -368,7 +377,7 @@ def everything(
     from ..automatic import SamAutomaticMaskGenerator
 
     with everything_slot(service, owner):
-        embedded = service.embed(model_name, key, path)
+        embedded = service.embed(model_name, key, path, owner=owner)
         image = service.image(key, path)
         generator = SamAutomaticMaskGenerator(
             service.models.get(model_name), output_mode="uncompressed_rle", **generator_args

@@ -9,11 +9,16 @@ is reached; docs/deployment.md lists the settings.
 import dataclasses
 import json
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-MAX_UPLOAD_MB = 50  # Gradio's max_file_size: larger uploads are refused before they are stored
+MAX_UPLOAD_MB = 50  # one upload request, all its files together (and Gradio's max_file_size): HTTP 413 beyond
+UPLOAD_MB_PER_CLIENT = 500  # uploads of one client address in an hour: HTTP 429 beyond
+UPLOAD_MB_TOTAL = 4096  # uploads of all clients in an hour; uploads are deleted after SESSION_TTL_S
+EXPORT_DIR = Path(tempfile.gettempdir()) / "sam-exports"  # export zips, swept after 10 minutes (sam/app/sweep.py)
 MAX_PIXELS = 40_000_000  # width x height, read from the file header before anything is decoded
 MAX_ASPECT = 32  # long side / short side: SAM sees the long side at 1024 px, so the short side keeps >= 32 px
 MAX_PROMPTS = 64  # points and boxes per object (the page), points per request (the /segment API)
@@ -43,6 +48,7 @@ class Settings:
     embed_threads: int = 0  # torch threads of an embedding (0: all)
     everything_timeout_s: float = 300.0  # one "segment everything" request stops after this long
     everything: Mapping[str, Any] = field(default_factory=dict)  # SamAutomaticMaskGenerator arguments
+    share_embeddings: bool = True  # one cache entry per image for everyone (see docs/limits.md, "Privacy")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
@@ -84,11 +90,17 @@ ENV = {
     "embed_threads": "SAM_EMBED_THREADS",
     "everything_timeout_s": "SAM_EVERYTHING_TIMEOUT_S",
     "everything": "SAM_EVERYTHING",  # a JSON object, e.g. '{"points_per_side": 16}'
+    "share_embeddings": "SAM_SHARE_EMBEDDINGS",  # 1 / 0 (also true / false, yes / no, on / off)
 }
+BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
 def _parse(variable: str, kind: type, text: str) -> Any:
-    """One variable's text as the field's type: int, float, str, or a JSON object for a mapping."""
+    """One variable's text as the field's type: bool, int, float, str, or a JSON object for a mapping."""
+    if kind is bool:
+        if text.lower() not in BOOLEANS:
+            raise ValueError(f"{variable} must be 1 or 0 (true or false), got {text[:40]!r}")
+        return BOOLEANS[text.lower()]
     try:
         if kind in (int, float, str):
             return kind(text)
