@@ -13,6 +13,7 @@ Ours besides: `scores` (numpy conf), `logits` (low-res logits, for `masks=` in a
 """
 
 import json
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -123,9 +124,12 @@ class Boxes(BaseTensor):
 class Masks(BaseTensor):
     """NxHxW bool masks at the image's full resolution."""
 
-    @property
+    @cached_property
     def xy(self) -> list[np.ndarray]:
-        """Per mask, the outline of its largest region: Kx2 float32 (x, y) pixels (0x2 for an empty mask)."""
+        """Per mask, the outline of its largest region: Kx2 float32 (x, y) pixels (0x2 for an empty mask).
+
+        Computed once per Masks object, as Ultralytics caches it.
+        """
         return [(mask_to_polygons(m)[:1] or [np.zeros((0, 2), np.float32)])[0] for m in _numpy(self.data)]
 
     @property
