@@ -14,12 +14,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from sam2.modeling.backbones.hieradet import Hiera as MetaHiera
-from sam2.sam2_image_predictor import SAM2ImagePredictor
 
 from sam.build_sam2 import CONFIGS, TINY, build_sam2, drop_video_keys
 from sam.modeling.sam2 import Sam2
 from tests.helpers.reference import MASK_TOL, PROMPTS, RTOL, rel_err, test_image
-from tests.helpers.sam2_reference import YAMLS, meta_features, meta_yaml, twin_sam2
+from tests.helpers.sam2_reference import YAMLS, meta_features, meta_predict, meta_predictor, meta_yaml, twin_sam2
 
 
 class Ours:
@@ -63,28 +62,9 @@ class Ours:
             mask_input=mask,
             multimask_output=multimask_output,
         )
-        masks = self.model.postprocess_masks(low, self.orig_hw) > self.model.mask_threshold
+        masks = self.model.postprocess_masks(low, self.model.img_size, self.orig_hw) > self.model.mask_threshold
         out = masks, iou, low.clamp(-32.0, 32.0), obj
         return tuple(t.squeeze(0).numpy() for t in out)
-
-
-def meta_predictor(ref) -> SAM2ImagePredictor:
-    """Meta's predictor, its feature sizes (fixed for 1024 px) set for the model's input size, and a hook
-    that keeps the object scores its predict drops."""
-    pred = SAM2ImagePredictor(ref)
-    s = ref.image_size
-    pred._bb_feat_sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)]
-    pred.object_scores = []
-    ref.sam_mask_decoder.register_forward_hook(lambda m, i, out: pred.object_scores.append(out[3]))
-    return pred
-
-
-def meta_predict(pred: SAM2ImagePredictor, **prompt) -> tuple[np.ndarray, ...]:
-    """Meta's predict (masks, scores, low-res logits), the object scores and the unthresholded logits."""
-    masks, scores, low = pred.predict(**prompt)
-    obj = pred.object_scores[-1].squeeze(0).numpy()
-    logits, _, _ = pred.predict(**prompt, return_logits=True)
-    return masks, scores, low, obj, logits
 
 
 def assert_same(ref_out: tuple, our_out: tuple) -> None:

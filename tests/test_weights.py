@@ -1,9 +1,12 @@
 """sam.weights without a network: the table of known models, the key remap, shapes, local files, errors."""
 
 import gc
+import json
 import logging
 import os
 import re
+import shutil
+import time
 
 import pytest
 import torch
@@ -11,21 +14,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from sam import CONFIGS, build_sam
-from sam.build import TinyViTConfig
-from sam.weights import (
-    KNOWN_MODELS,
-    TRANSFORMERS_ALIASES,
-    WeightsError,
-    build_empty,
-    config_from_state_dict,
-    config_from_transformers,
-    from_transformers,
-    load_model,
-    read_state_dict,
-    resolve,
-    to_meta_key,
-    to_transformers_key,
-)
+from sam.build import TinyViTConfig, config_from_state_dict, config_from_transformers
+from sam.remap import SAM_KEYS
+from sam.weights import KNOWN_MODELS, WeightsError, build_empty, load_model, read_state_dict, resolve
 from tests.helpers.hub import SLIM_HF, TINY_HF, VIT_B_HF, write_meta
 from tests.helpers.reference import TINY, meta_sam
 
@@ -41,6 +32,23 @@ EXPECTED = {
     "sam_b.pt": ("ybelkada/segment-anything", ("checkpoints/sam_vit_b_01ec64.pth",)),
     "sam_l.pt": ("ybelkada/segment-anything", ("checkpoints/sam_vit_l_0b3195.pth",)),
     "sam_h.pt": ("ybelkada/segment-anything", ("checkpoints/sam_vit_h_4b8939.pth",)),
+    # SAM 2.1 and 2.0 (Meta's sam2.build_sam.HF_MODEL_ID_TO_FILENAMES), and Ultralytics' names for them
+    "sam2.1-hiera-tiny": ("facebook/sam2.1-hiera-tiny", ("sam2.1_hiera_tiny.pt",)),
+    "sam2.1-hiera-small": ("facebook/sam2.1-hiera-small", ("sam2.1_hiera_small.pt",)),
+    "sam2.1-hiera-base-plus": ("facebook/sam2.1-hiera-base-plus", ("sam2.1_hiera_base_plus.pt",)),
+    "sam2.1-hiera-large": ("facebook/sam2.1-hiera-large", ("sam2.1_hiera_large.pt",)),
+    "sam2-hiera-tiny": ("facebook/sam2-hiera-tiny", ("sam2_hiera_tiny.pt",)),
+    "sam2-hiera-small": ("facebook/sam2-hiera-small", ("sam2_hiera_small.pt",)),
+    "sam2-hiera-base-plus": ("facebook/sam2-hiera-base-plus", ("sam2_hiera_base_plus.pt",)),
+    "sam2-hiera-large": ("facebook/sam2-hiera-large", ("sam2_hiera_large.pt",)),
+    "sam2.1_t.pt": ("facebook/sam2.1-hiera-tiny", ("sam2.1_hiera_tiny.pt",)),
+    "sam2.1_s.pt": ("facebook/sam2.1-hiera-small", ("sam2.1_hiera_small.pt",)),
+    "sam2.1_b.pt": ("facebook/sam2.1-hiera-base-plus", ("sam2.1_hiera_base_plus.pt",)),
+    "sam2.1_l.pt": ("facebook/sam2.1-hiera-large", ("sam2.1_hiera_large.pt",)),
+    "sam2_t.pt": ("facebook/sam2-hiera-tiny", ("sam2_hiera_tiny.pt",)),
+    "sam2_s.pt": ("facebook/sam2-hiera-small", ("sam2_hiera_small.pt",)),
+    "sam2_b.pt": ("facebook/sam2-hiera-base-plus", ("sam2_hiera_base_plus.pt",)),
+    "sam2_l.pt": ("facebook/sam2-hiera-large", ("sam2_hiera_large.pt",)),
 }
 
 
@@ -48,6 +56,17 @@ def test_known_names_resolve_to_their_hub_files():
     assert set(KNOWN_MODELS) == set(EXPECTED)
     for name, expected in EXPECTED.items():
         assert resolve(name) == expected, name
+
+
+def test_sam2_names_match_metas_own_hub_table():
+    """The repo and file of each SAM 2 name are those Meta's sam2 package downloads for that repo."""
+    from sam2.build_sam import HF_MODEL_ID_TO_FILENAMES
+
+    sam2 = {n: k for n, k in KNOWN_MODELS.items() if k.repo_id.startswith("facebook/sam2")}
+    assert {k.repo_id for k in sam2.values()} == set(HF_MODEL_ID_TO_FILENAMES)
+    for name, known in sam2.items():
+        assert known.files == (HF_MODEL_ID_TO_FILENAMES[known.repo_id][1],), name
+        assert known.format == "meta" and known.config.startswith("hiera_"), name
 
 
 def test_repo_ids_and_files_in_repos_resolve():
@@ -82,28 +101,28 @@ def test_remap_maps_every_key_both_ways(config):
 
     keys = hf_keys(config)
     ours = set(build_empty(config_from_transformers(HFSamConfig(**config).to_dict())).state_dict())
-    mapped = {k: to_meta_key(k) for k in keys}
+    mapped = {k: SAM_KEYS.meta_key(k) for k in keys}
     assert None not in mapped.values(), [k for k, v in mapped.items() if v is None]
     assert set(mapped.values()) == ours  # onto our model's keys, nothing left over
     # one-to-one, except transformers' second copy of the positional matrix
-    assert len(keys) == len(ours) + len(TRANSFORMERS_ALIASES)
+    assert len(keys) == len(ours) + len(SAM_KEYS.aliases)
     for key in ours:
-        back = to_transformers_key(key)
-        assert back in keys and to_meta_key(back) == key
+        back = SAM_KEYS.transformers_key(key)
+        assert back in keys and SAM_KEYS.meta_key(back) == key
     for key in keys:
-        if key not in TRANSFORMERS_ALIASES:
-            assert to_transformers_key(mapped[key]) == key
+        if key not in SAM_KEYS.aliases:
+            assert SAM_KEYS.transformers_key(mapped[key]) == key
 
 
 def test_remap_rule_for_every_numbered_part():
-    assert to_meta_key("vision_encoder.layers.11.layer_norm2.weight") == "image_encoder.blocks.11.norm2.weight"
-    assert to_meta_key("mask_decoder.output_hypernetworks_mlps.3.proj_out.bias") == (
+    to_meta = SAM_KEYS.meta_key
+    assert to_meta("vision_encoder.layers.11.layer_norm2.weight") == "image_encoder.blocks.11.norm2.weight"
+    assert to_meta("mask_decoder.output_hypernetworks_mlps.3.proj_out.bias") == (
         "mask_decoder.output_hypernetworks_mlps.3.layers.2.bias"
     )
-    assert to_meta_key("mask_decoder.transformer.layers.1.layer_norm4.bias") == (
-        "mask_decoder.transformer.layers.1.norm4.bias"
-    )
-    assert to_meta_key("vision_encoder.something_new.weight") is None
+    layer = "mask_decoder.transformer.layers.1."
+    assert to_meta(layer + "layer_norm4.bias") == layer + "norm4.bias"
+    assert to_meta("vision_encoder.something_new.weight") is None
 
 
 def test_transformers_shapes_fit_the_config_read_from_config_json():
@@ -114,7 +133,7 @@ def test_transformers_shapes_fit_the_config_read_from_config_json():
     for config in (VIT_B_HF, SLIM_HF):
         with torch.device("meta"):
             hf = SamModel(HFSamConfig(**config))
-        sd = from_transformers(hf.state_dict())
+        sd = SAM_KEYS.to_meta(hf.state_dict())
         ours = build_empty(config_from_transformers(hf.config.to_dict())).state_dict()
         assert {k: v.shape for k, v in sd.items()} == {k: v.shape for k, v in ours.items()}
 
@@ -210,6 +229,69 @@ def test_key_errors_name_the_keys(tmp_path):
     assert "image_encoder.blocks.0.mlp.lin2.bias is (7,) in the file, (64,) in the model" in message
 
 
+def test_one_mis_shaped_tensor_is_named(tmp_path):
+    """The decoder's width is read from several tensors: one of them mis-shaped is the one named (it once set
+    the width of the whole model, and the message blamed every tensor of the encoder's neck instead)."""
+    sd = torch.load(write_meta(tmp_path / "a.pth", TINY), weights_only=True)
+    sd["mask_decoder.iou_token.weight"] = torch.zeros(1, 128)
+    torch.save(sd, tmp_path / "b.pth")
+    with pytest.raises(WeightsError) as err:
+        load_model(str(tmp_path / "b.pth"))
+    message = str(err.value)
+    assert message.endswith(
+        "wrong shapes: mask_decoder.iou_token.weight is (1, 128) in the file, (1, 256) in the model"
+    )
+    assert "image_encoder.neck" not in message
+
+
+def test_integer_weights_are_refused_naming_them(tmp_path):
+    sd = torch.load(write_meta(tmp_path / "a.pth", TINY), weights_only=True)
+    sd["image_encoder.pos_embed"] = sd["image_encoder.pos_embed"].long()
+    torch.save(sd, tmp_path / "int.pth")
+    with pytest.raises(WeightsError, match=r"wrong types: image_encoder\.pos_embed is int64 in the file, float32 in"):
+        load_model(str(tmp_path / "int.pth"))
+
+
+def with_config(folder, tmp_path, **vision) -> str:
+    """A copy of a transformers checkpoint folder whose config.json's vision_config has the given values."""
+    copy = tmp_path / "edited"
+    shutil.copytree(folder, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["vision_config"].update(vision)
+    (copy / "config.json").write_text(json.dumps(config))
+    return str(copy)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "allowed"),
+    [
+        ("num_hidden_layers", 100000, "allowed 1..32"),
+        ("hidden_size", -5, "allowed 1..1280"),
+        ("num_attention_heads", "12", "allowed 1..16"),
+        ("window_size", 1 << 20, "allowed 1..14"),
+    ],
+)
+def test_config_json_outside_the_family_is_refused_before_building(
+    tmp_path, checkpoints, monkeypatch, field, value, allowed
+):
+    """Sizes are checked against the published family's before anything is built (100,000 blocks used to
+    take minutes and 10 GB before failing; a negative width said "negative dimension")."""
+    import sam.weights
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(sam.weights, "build_empty", no_build)
+    path = with_config(checkpoints.transformers("tiny"), tmp_path, **{field: value})
+    start = time.perf_counter()
+    with pytest.raises(WeightsError) as err:
+        load_model(path)
+    assert time.perf_counter() - start < 5
+    message = str(err.value)
+    assert message.startswith(f"config.json of {path} describes a model outside the sizes of the published SAM")
+    assert f"(vision_config.{field}) is {value!r}; {allowed}" in message
+
+
 def test_many_missing_keys_are_counted(tmp_path):
     sd = torch.load(write_meta(tmp_path / "a.pth", TINY), weights_only=True)
     sd = {k: v for k, v in sd.items() if not k.startswith("mask_decoder.transformer.")}
@@ -244,3 +326,30 @@ def test_random_weights_are_labelled(caplog):
     assert load_model("random:tiny_vit").weights_source == "random weights (tiny_vit)"
     with pytest.raises(WeightsError, match=re.escape("random:slimsam-50 is not available")):
         load_model("random:slimsam-50")
+
+
+@pytest.mark.parametrize(
+    ("name", "config"),
+    [
+        ("vit_t", "tiny_vit"),  # MobileSAM's TinyViT, as segment-anything and mobile_sam name it
+        ("vit_b", "vit_b"),
+        ("vit_l", "vit_l"),
+        ("vit_h", "vit_h"),
+        ("hiera_t", "hiera_tiny"),  # SAM 2's, as Meta's config files name them
+        ("hiera_s", "hiera_small"),
+        ("hiera_b+", "hiera_base_plus"),
+        ("hiera_l", "hiera_large"),
+        ("hiera_tiny", "hiera_tiny"),
+        ("sam2.1_t.pt", "hiera_tiny"),
+    ],
+)
+def test_random_takes_each_architectures_short_name(name, config):
+    with torch.device("meta"):  # shapes only: ViT-H and Hiera-L at full size cost no memory
+        model = load_model(f"random:{name}", device="meta")
+    assert model.weights_source == f"random weights ({config})" and model.config.name == config
+
+
+def test_random_unknown_name_lists_the_short_names():
+    with pytest.raises(WeightsError) as err:
+        load_model("random:vit_x")
+    assert all(name in str(err.value) for name in ("vit_t", "vit_b", "hiera_t", "hiera_b+", "sam2.1-hiera-tiny"))

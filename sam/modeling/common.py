@@ -31,3 +31,19 @@ class LayerNorm2d(nn.Module):
         s = (x - u).pow(2).mean(1, keepdim=True)
         x = (x - u) / torch.sqrt(s + self.eps)
         return (self.weight[:, None, None].float() * x + self.bias[:, None, None].float()).to(dtype)
+
+
+class EncoderPrecision:
+    """What a model says about its image encoder's precision (a mixin of Sam and Sam2)."""
+
+    image_encoder: nn.Module
+
+    @property
+    def encoder_dtype(self) -> torch.dtype:
+        """The dtype of the image encoder's matrix products."""
+        return max((p.dtype for p in self.image_encoder.parameters()), key=lambda d: d != torch.float32)
+
+    @property
+    def precision(self) -> str:
+        """'float32' or 'bfloat16': the precision the image encoder runs in."""
+        return str(self.encoder_dtype).removeprefix("torch.")

@@ -84,8 +84,8 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=7, stride=4, padding=3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """BxCxHxW -> Bx(H/4)x(W/4)xembed_dim."""
-        return self.proj(x).permute(0, 2, 3, 1)
+        """BxCxHxW -> Bx(H/4)x(W/4)xembed_dim, in the weight's dtype."""
+        return self.proj(x.to(self.proj.weight.dtype)).permute(0, 2, 3, 1)
 
 
 def pool(x: torch.Tensor, pool: nn.Module) -> torch.Tensor:
@@ -113,13 +113,18 @@ class MultiScaleBlock(nn.Module):
             self.proj = nn.Linear(dim, dim_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """BxHxWxdim -> BxH'xW'xdim_out (H' = H / q_stride when pooling)."""
+        """BxHxWxdim -> BxH'xW'xdim_out (H' = H / q_stride when pooling).
+
+        The matrix products run in their weights' dtype; norms and the residual stream stay fp32.
+        """
         shortcut = x
-        x = self.norm1(x)
+        dtype = self.attn.qkv.weight.dtype
+        x = self.norm1(x).to(dtype)
         if self.dim != self.dim_out:
             shortcut = self.proj(x)
             if self.pool is not None:
                 shortcut = pool(shortcut, self.pool)
+            shortcut = shortcut.float()
         window_size = self.window_size
         if window_size > 0:
             x, pad_hw = window_partition(x, window_size)
@@ -130,8 +135,8 @@ class MultiScaleBlock(nn.Module):
                 window_size //= self.q_stride[0]
                 pad_hw = (-(-H // window_size) * window_size, -(-W // window_size) * window_size)
             x = window_unpartition(x, window_size, pad_hw, (H, W))
-        x = shortcut + x
-        return x + self.mlp(self.norm2(x))
+        x = shortcut + x  # fp32, whatever dtype the products ran in
+        return x + self.mlp(self.norm2(x).to(dtype))
 
 
 class MultiScaleAttention(nn.Module):
@@ -187,7 +192,8 @@ class FpnNeck(nn.Module):
         out: list[torch.Tensor] = [torch.empty(0)] * len(xs)
         prev = None
         for i in range(n, -1, -1):
-            lateral = self.convs[n - i](xs[i])
+            conv = self.convs[n - i]
+            lateral = conv(xs[i].to(conv.conv.weight.dtype)).float()
             if i in self.fpn_top_down_levels and prev is not None:
                 prev = lateral + F.interpolate(prev, scale_factor=2.0, mode="nearest")
             else:
@@ -206,7 +212,14 @@ class HieraImageEncoder(nn.Module):
         self.neck = neck
         self.scalp = scalp
 
+    def set_precision(self, dtype: torch.dtype) -> None:
+        """Matrix products (Linear, Conv2d) in dtype; norms, positions and the residual stream stay fp32."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                m.to(dtype)
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Bx3xSxS -> feature levels Bxd_modelx(S/4)x(S/4), x(S/8), x(S/16) (with scalp 1), finest first."""
+        """Bx3xSxS fp32 -> feature levels Bxd_modelx(S/4)x(S/4), x(S/8), x(S/16) (with scalp 1), finest
+        first, fp32."""
         features = self.neck(self.trunk(x))
         return features[: len(features) - self.scalp]

@@ -6,6 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..precision import resolve_dtype
+from .common import EncoderPrecision
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 
@@ -16,9 +18,10 @@ PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
 
-class Sam(nn.Module):
+class Sam(EncoderPrecision, nn.Module):
     mask_threshold: float = 0.0
     image_format: str = "RGB"
+    keeps_aspect_ratio: bool = True  # the long side is resized to the input and the rest padded
     config: "SamConfig | None"  # what the parts were built from; None when they were assembled by hand
     weights_source: str  # where the weights came from, in words for people (load_model sets it)
 
@@ -48,18 +51,10 @@ class Sam(nn.Module):
     def img_size(self) -> int:
         return self.image_encoder.img_size
 
-    @property
-    def encoder_dtype(self) -> torch.dtype:
-        """The dtype of the image encoder's matrix products."""
-        return max((p.dtype for p in self.image_encoder.parameters()), key=lambda d: d != torch.float32)
-
-    @property
-    def precision(self) -> str:
-        """'float32' or 'bfloat16': the precision the image encoder runs in."""
-        return str(self.encoder_dtype).removeprefix("torch.")
-
-    def set_precision(self, dtype: torch.dtype) -> "Sam":
-        """Run the image encoder in dtype; the prompt encoder and mask decoder stay in fp32."""
+    def set_precision(self, dtype: torch.dtype | str) -> "Sam":
+        """Run the image encoder in dtype ('float32', 'bfloat16', 'auto' or a torch dtype); the prompt
+        encoder and mask decoder stay in fp32."""
+        dtype = resolve_dtype(dtype, self.device)
         if hasattr(self.image_encoder, "set_precision"):
             self.image_encoder.set_precision(dtype)
         else:

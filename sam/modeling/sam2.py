@@ -5,20 +5,34 @@ Names follow Meta's `SAM2Base` (`image_encoder`, `sam_prompt_encoder`, `sam_mask
 `no_mem_embed`); the video model's memory modules are not built (see `build_sam2.VIDEO_ONLY_KEYS`).
 """
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..precision import resolve_dtype
+from .common import EncoderPrecision
 from .hiera import HieraImageEncoder
 from .sam2_decoder import Sam2MaskDecoder, Sam2PromptEncoder
+
+if TYPE_CHECKING:  # sam.build_sam2 imports this module
+    from ..build_sam2 import Sam2Config
 
 PIXEL_MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics of pixels scaled to [0, 1]
 PIXEL_STD = (0.229, 0.224, 0.225)
 
 
-class Sam2(nn.Module):
+class Sam2(EncoderPrecision, nn.Module):
+    """The same calls as `Sam` where they mean the same (preprocess, postprocess_masks, precision), and SAM
+    2's own encode and decode: the embedding comes with high-resolution features, a box is two corner
+    points, and the decoder also scores whether the object is there at all."""
+
     mask_threshold: float = 0.0
     image_format: str = "RGB"
+    keeps_aspect_ratio: bool = False  # the image is resized to the square input (SAM pads instead)
+    config: "Sam2Config | None"  # what the parts were built from; None when they were assembled by hand
+    weights_source: str  # where the weights came from, in words for people (load_model sets it)
 
     def __init__(
         self,
@@ -27,8 +41,12 @@ class Sam2(nn.Module):
         prompt_encoder: Sam2PromptEncoder,
         mask_decoder: Sam2MaskDecoder,
         img_size: int = 1024,
+        config: "Sam2Config | None" = None,
+        weights_source: str = "random initialisation",
     ) -> None:
         super().__init__()
+        self.config = config
+        self.weights_source = weights_source
         self.image_encoder = image_encoder
         self.sam_prompt_encoder = prompt_encoder
         self.sam_mask_decoder = mask_decoder
@@ -49,21 +67,29 @@ class Sam2(nn.Module):
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
+    def set_precision(self, dtype: torch.dtype | str) -> "Sam2":
+        """Run the image encoder's matrix products in dtype ('float32', 'bfloat16', 'auto' or a torch
+        dtype); its norms and residual stream, the prompt encoder and the mask decoder stay in fp32."""
+        self.image_encoder.set_precision(resolve_dtype(dtype, self.device))
+        return self
+
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
-        """Bx3xHxW pixels in [0, 255] -> Bx3xSxS: resized to the square input (the aspect ratio is not
-        kept), antialiased, then normalised, as Meta's `SAM2Transforms` does."""
+        """Bx3xHxW pixels in [0, 255] (any size) -> Bx3xSxS: resized to the square input (the aspect ratio
+        is not kept), antialiased, then normalised, as Meta's `SAM2Transforms` does."""
         x = F.interpolate(
             x / 255.0, (self.img_size, self.img_size), mode="bilinear", align_corners=False, antialias=True
         )
         return (x - self.pixel_mean) / self.pixel_std
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """Bx3xSxS preprocessed pixels -> (image embedding BxCx(S/16)x(S/16) with the no-memory embedding
-        added, high-resolution features (BxC/8x(S/4)x(S/4), BxC/4x(S/8)x(S/8)) through conv_s0/conv_s1)."""
+        """Bx3xSxS fp32 preprocessed pixels -> (image embedding BxCx(S/16)x(S/16) with the no-memory
+        embedding added, high-resolution features (BxC/8x(S/4)x(S/4), BxC/4x(S/8)x(S/8)) through
+        conv_s0/conv_s1), all fp32; the embedding is stored channels-last, the layout the decoder reads."""
         s0, s1, embedding = self.image_encoder(x)
         decoder = self.sam_mask_decoder
         high_res = (decoder.conv_s0(s0), decoder.conv_s1(s1))
-        return embedding + self.no_mem_embed.view(1, -1, 1, 1), high_res
+        embedding = embedding + self.no_mem_embed.view(1, -1, 1, 1)
+        return embedding.contiguous(memory_format=torch.channels_last), high_res
 
     def decode(
         self,
@@ -98,8 +124,11 @@ class Sam2(nn.Module):
             image_embedding, self.sam_prompt_encoder.get_dense_pe(), sparse, dense, multimask_output, high_res_features
         )
 
-    def postprocess_masks(self, masks: torch.Tensor, original_size: tuple[int, int]) -> torch.Tensor:
-        """BxCx(S/4)x(S/4) low-res logits -> BxCxHxW logits at the original size (bilinear, one step)."""
+    def postprocess_masks(
+        self, masks: torch.Tensor, input_size: tuple[int, ...], original_size: tuple[int, ...]
+    ) -> torch.Tensor:
+        """BxCx(S/4)x(S/4) low-res logits -> BxCxHxW logits at the original size, in one bilinear step as
+        Meta's `SAM2Transforms` (input_size, always SxS here, is taken for the same call as `Sam`'s)."""
         b, c = masks.shape[:2]
         masks = F.interpolate(masks.flatten(0, 1)[:, None], tuple(original_size), mode="bilinear", align_corners=False)
         return masks.view(b, c, *masks.shape[-2:])

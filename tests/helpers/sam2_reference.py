@@ -3,11 +3,13 @@ and the same random weights in ours."""
 
 from pathlib import Path
 
+import numpy as np
 import sam2
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from sam2.modeling.sam2_base import SAM2Base
+from sam2.sam2_image_predictor import SAM2ImagePredictor
 
 from sam.build_sam2 import Sam2Config, build_sam2, drop_video_keys
 from sam.modeling.sam2 import Sam2
@@ -65,3 +67,22 @@ def twin_sam2(config: Sam2Config, seed: int = 0, yaml: str = YAMLS["hiera_tiny"]
 def meta_features(ref: SAM2Base, image: torch.Tensor) -> list[torch.Tensor]:
     """Meta's neck outputs for a preprocessed Bx3xSxS image, finest first, scalped (before conv_s0/s1)."""
     return ref.image_encoder(image)["backbone_fpn"]
+
+
+def meta_predictor(ref) -> SAM2ImagePredictor:
+    """Meta's predictor, its feature sizes (fixed for 1024 px) set for the model's input size, and a hook
+    that keeps the object scores its predict drops."""
+    pred = SAM2ImagePredictor(ref)
+    s = ref.image_size
+    pred._bb_feat_sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)]
+    pred.object_scores = []
+    ref.sam_mask_decoder.register_forward_hook(lambda m, i, out: pred.object_scores.append(out[3]))
+    return pred
+
+
+def meta_predict(pred: SAM2ImagePredictor, **prompt) -> tuple[np.ndarray, ...]:
+    """Meta's predict (masks, scores, low-res logits), the object scores and the unthresholded logits."""
+    masks, scores, low = pred.predict(**prompt)
+    obj = pred.object_scores[-1].squeeze(0).numpy()
+    logits, _, _ = pred.predict(**prompt, return_logits=True)
+    return masks, scores, low, obj, logits
