@@ -1,4 +1,11 @@
-"""SamPredictor: embed an image once, then answer many prompts (a drop-in for Meta's predictor)."""
+"""SamPredictor: embed an image once, then answer many prompts (a drop-in for Meta's predictor).
+
+Given a SAM 2 model it answers as Meta's `SAM2ImagePredictor` does, behind the same calls: the image is
+resized to the square input (points and boxes scale by S/W and S/H), a box goes in as two corner points,
+a single-mask request may fall back to the best multimask output when its mask is unstable, and the
+low-res logits it returns are clamped to [-32, 32]. Masks are bool for both families (Meta's SAM 2
+predictor returns them as 0/1 floats).
+"""
 
 from dataclasses import dataclass
 
@@ -6,8 +13,9 @@ import numpy as np
 import torch
 
 from .modeling.sam import Sam
+from .modeling.sam2 import Sam2
 from .prompts import as_tensors
-from .transforms import ResizeLongestSide
+from .transforms import ResizeLongestSide, ResizeSquare
 
 
 @dataclass(frozen=True)
@@ -19,17 +27,19 @@ class ImageEmbedding:
 
     features: torch.Tensor  # 1 x C x h x w image embedding
     original_size: tuple[int, int]  # (H, W) of the image the user gave
-    input_size: tuple[int, int]  # (H', W') after resizing the long side to the model input
+    input_size: tuple[int, int]  # (H', W') of the model input: the long side resized (SAM), S x S (SAM 2)
+    high_res_features: tuple[torch.Tensor, ...] = ()  # SAM 2: 1 x C/8 x 4h x 4w and 1 x C/4 x 2h x 2w
 
     @property
     def nbytes(self) -> int:
-        return self.features.numel() * self.features.element_size()
+        return sum(t.numel() * t.element_size() for t in (self.features, *self.high_res_features))
 
 
 class SamPredictor:
-    def __init__(self, sam_model: Sam) -> None:
+    def __init__(self, sam_model: Sam | Sam2) -> None:
         self.model = sam_model
-        self.transform = ResizeLongestSide(sam_model.img_size)
+        resize = ResizeLongestSide if sam_model.keeps_aspect_ratio else ResizeSquare
+        self.transform = resize(sam_model.img_size)
         self.reset_image()
 
     @property
@@ -43,6 +53,8 @@ class SamPredictor:
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected an HxWx3 uint8 image, got shape {image.shape} dtype {image.dtype}")
+        if min(image.shape[:2]) < 1:
+            raise ValueError(f"the image is empty: {image.shape[1]}x{image.shape[0]} pixels")
         if image_format != self.model.image_format:
             image = image[..., ::-1]
         input_image = self.transform.apply_image(np.ascontiguousarray(image))
@@ -51,26 +63,35 @@ class SamPredictor:
 
     @torch.no_grad()
     def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
-        """1x3xH'xW' image already resized with ResizeLongestSide."""
-        if transformed_image.ndim != 4 or transformed_image.shape[1] != 3:
-            raise ValueError(f"expected a 1x3xHxW tensor, got shape {tuple(transformed_image.shape)}")
-        if max(transformed_image.shape[2:]) != self.model.img_size:
-            raise ValueError(f"the long side must be {self.model.img_size}, got {tuple(transformed_image.shape)}")
+        """1x3xH'xW' image as `transform.apply_image` gives it: the long side resized to the input (SAM),
+        or any size (SAM 2 resizes it to the square input itself)."""
+        shape = tuple(transformed_image.shape)
+        if transformed_image.ndim != 4 or shape[1] != 3 or min(shape[2:]) < 1:
+            raise ValueError(f"expected a 1x3xHxW tensor, got shape {shape}")
+        keeps_aspect = self.model.keeps_aspect_ratio
+        if keeps_aspect and max(shape[2:]) != self.model.img_size:
+            raise ValueError(f"the long side must be {self.model.img_size}, got {shape}")
         self.reset_image()
         x = self.model.preprocess(transformed_image.to(self.device, torch.float32))
         features = self.model.encode(x)
+        features, high_res = features if isinstance(features, tuple) else (features, ())
         self.set_embedding(
             ImageEmbedding(
                 features=features,
                 original_size=(int(original_image_size[0]), int(original_image_size[1])),
-                input_size=(int(transformed_image.shape[2]), int(transformed_image.shape[3])),
+                input_size=(int(shape[2]), int(shape[3])) if keeps_aspect else (self.model.img_size,) * 2,
+                high_res_features=tuple(high_res),
             )
         )
 
     def set_embedding(self, embedding: ImageEmbedding) -> None:
         """Answer prompts about an image embedded earlier, with no encoder run."""
+        if isinstance(self.model, Sam2) != bool(embedding.high_res_features):
+            made, needs = ("SAM 2", "SAM") if embedding.high_res_features else ("SAM", "SAM 2")
+            raise ValueError(f"this embedding was made by a {made} model; a {needs} model cannot use it")
         self.embedding = embedding
         self.features = embedding.features
+        self.high_res_features = embedding.high_res_features
         self.original_size = embedding.original_size
         self.input_size = embedding.input_size
         self.is_image_set = True
@@ -89,6 +110,7 @@ class SamPredictor:
         point_coords Nx2 (x, y), point_labels N (1 foreground, 0 background), box 4 (x0, y0, x1, y1),
         mask_input 1x256x256 low-res logits from an earlier call. Returns masks CxHxW (bool, or float
         logits with return_logits), scores C and low-res logits Cx256x256, C = 3 with multimask_output else 1.
+        One object per call: several boxes (one mask each) go through `predict_torch`.
         """
         self._require_image()
         if point_coords is not None:
@@ -99,7 +121,13 @@ class SamPredictor:
             if point_labels.shape[1] != point_coords.shape[1]:
                 raise ValueError(f"{point_coords.shape[1]} points but {point_labels.shape[1]} labels")
         if box is not None:
-            box = np.asarray(box, dtype=float).reshape(-1, 4)[:1]
+            box = np.asarray(box, dtype=float)
+            if box.size != 4:
+                raise ValueError(
+                    f"predict takes one box [x0, y0, x1, y1], got {box.size / 4:g} boxes' worth of numbers: for one "
+                    "mask per box, pass them to predict_torch (after predictor.transform.apply_boxes_torch)"
+                )
+            box = box.reshape(1, 4)
         points_t, box_t, mask_t = as_tensors(
             self.transform, self.original_size, point_coords, point_labels, box, mask_input, self.device
         )
@@ -122,7 +150,7 @@ class SamPredictor:
         """Batched prompts already in model-input pixels (see `transform`).
 
         point_coords BxNx2, point_labels BxN, boxes Bx4, mask_input Bx1x256x256 ->
-        masks BxCxHxW, scores BxC, low-res logits BxCx256x256.
+        masks BxCxHxW, scores BxC, low-res logits BxCx256x256 (SAM 2: clamped to [-32, 32], as Meta's).
         """
         self._require_image()
         points = (point_coords, point_labels) if point_coords is not None else None
@@ -130,6 +158,8 @@ class SamPredictor:
         masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
         if not return_logits:
             masks = masks > self.model.mask_threshold
+        if isinstance(self.model, Sam2):
+            low_res = low_res.clamp(-32.0, 32.0)  # after the masks, which come from the unclamped logits
         return masks, scores, low_res
 
     def decode(
@@ -142,8 +172,23 @@ class SamPredictor:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt encoder + mask decoder: low-res logits BxCx256x256 and scores BxC.
 
-        With min_iou, prompts whose scores are all <= min_iou get -inf logits instead of computed masks.
+        With min_iou, prompts whose scores are all <= min_iou get -inf logits instead of computed masks
+        (SAM 2: computed, then replaced). SAM 2's object scores: `model.decode`.
         """
+        if isinstance(self.model, Sam2):
+            coords, labels = points if points is not None else (None, None)
+            low_res, scores, _ = self.model.decode(
+                self.features,
+                self.high_res_features,
+                point_coords=coords,
+                point_labels=labels,
+                boxes=boxes,
+                mask_input=mask_input,
+                multimask_output=multimask_output,
+            )
+            if min_iou is not None:
+                low_res = low_res.masked_fill(~(scores > min_iou).any(1)[:, None, None, None], float("-inf"))
+            return low_res, scores
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
         return self.model.mask_decoder(
             image_embeddings=self.features,
@@ -163,6 +208,7 @@ class SamPredictor:
         self.is_image_set = False
         self.embedding: ImageEmbedding | None = None
         self.features: torch.Tensor | None = None
+        self.high_res_features: tuple[torch.Tensor, ...] = ()
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
 

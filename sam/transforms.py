@@ -1,4 +1,5 @@
-"""Resizing images, points and boxes so that the long side matches the model input (Meta's ResizeLongestSide)."""
+"""Resizing images, points and boxes to the model input: SAM keeps the aspect ratio (Meta's ResizeLongestSide),
+SAM 2 does not (`ResizeSquare`)."""
 
 from copy import deepcopy
 
@@ -30,9 +31,10 @@ class ResizeLongestSide:
         return self.apply_coords(boxes.reshape(-1, 2, 2), original_size).reshape(-1, 4)
 
     def apply_coords_torch(self, coords: torch.Tensor, original_size: tuple[int, ...]) -> torch.Tensor:
+        """...x2 (x, y) in original pixels, any dtype -> float32 in resized-image pixels."""
         old_h, old_w = original_size
         new_h, new_w = self.get_preprocess_shape(old_h, old_w, self.target_length)
-        scale = coords.new_tensor([new_w / old_w, new_h / old_h]).to(torch.float)
+        scale = torch.tensor([new_w / old_w, new_h / old_h], dtype=torch.float, device=coords.device)
         return coords.to(torch.float) * scale
 
     def apply_boxes_torch(self, boxes: torch.Tensor, original_size: tuple[int, ...]) -> torch.Tensor:
@@ -42,3 +44,17 @@ class ResizeLongestSide:
     def get_preprocess_shape(oldh: int, oldw: int, long_side_length: int) -> tuple[int, int]:
         scale = long_side_length * 1.0 / max(oldh, oldw)
         return int(oldh * scale + 0.5), int(oldw * scale + 0.5)
+
+
+class ResizeSquare(ResizeLongestSide):
+    """SAM 2's resize: the image goes to the square input without keeping its aspect ratio, so points and
+    boxes scale by S/W and S/H. The model resizes the image itself (antialiased, in floating point, as
+    Meta's `SAM2Transforms`), so `apply_image` hands the image over unchanged."""
+
+    def apply_image(self, image: np.ndarray) -> np.ndarray:
+        """HxWx3 uint8 -> the same array: `Sam2.preprocess` resizes it."""
+        return image
+
+    @staticmethod
+    def get_preprocess_shape(oldh: int, oldw: int, long_side_length: int) -> tuple[int, int]:
+        return long_side_length, long_side_length

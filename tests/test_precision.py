@@ -11,7 +11,15 @@ import torch
 from sam import SamPredictor
 from sam.build import SamConfig, TinyViTConfig, ViTConfig, build_sam
 from sam.precision import bf16_is_fast, resolve_dtype
-from tests.helpers.reference import PROMPTS, meta_sam, random_tinyvit_weights, rel_err, test_image, twin_models
+from tests.helpers.reference import (
+    PROMPTS,
+    TINY,
+    meta_sam,
+    random_tinyvit_weights,
+    rel_err,
+    test_image,
+    twin_models,
+)
 
 # ViT-B's width and depth, and MobileSAM's whole TinyViT, at a small input, so the tests stay fast on any CPU.
 VIT_B_SMALL = SamConfig(ViTConfig(768, 12, 12, (2, 5, 8, 11)), img_size=256)
@@ -140,6 +148,17 @@ def test_resolve_dtype():
     assert resolve_dtype("auto") == (torch.bfloat16 if bf16_is_fast() else torch.float32)
     with pytest.raises(ValueError, match="'auto', 'float32' or 'bfloat16'"):
         resolve_dtype("float16")
+
+
+def test_set_precision_takes_a_name():
+    """'float32' once raised "Invalid device string" (the name went to Module.to as a device)."""
+    model = build_sam(TINY)
+    assert model.set_precision("bfloat16").precision == "bfloat16"
+    assert model.image_encoder.blocks[0].attn.qkv.weight.dtype == torch.bfloat16
+    assert model.set_precision("float32").precision == "float32"
+    assert model.set_precision("auto").precision == ("bfloat16" if bf16_is_fast() else "float32")
+    with pytest.raises(ValueError, match="unknown dtype"):
+        model.set_precision("half")
 
 
 def test_load_model_takes_a_dtype():
