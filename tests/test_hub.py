@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from huggingface_hub import constants, snapshot_download
 
+from sam.build_sam2 import TINY
+from sam.modeling.sam2 import Sam2
 from sam.weights import KNOWN_MODELS, WeightsError, load_model
 from tests.helpers.hub import BASE, WEIGHTS, commit_hash, hub_env, same_weights
 
@@ -147,8 +149,25 @@ def test_every_known_name_loads_from_its_published_files(local_hub, checkpoints)
         sources[name] = model
         if known.config == "tiny_vit":
             assert model.config.name == "tiny_vit"
+        assert isinstance(model, Sam2) == (known.config or "").startswith("hiera_"), name
     assert same_weights(sources["mobile-sam"], sources["mobile_sam.pt"])
     assert not same_weights(sources["sam_b.pt"], sources["sam_l.pt"])
+    assert same_weights(sources["sam2.1-hiera-tiny"], sources["sam2.1_t.pt"])
+    assert same_weights(sources["sam2-hiera-large"], sources["sam2_l.pt"])
+    assert not same_weights(sources["sam2.1-hiera-tiny"], sources["sam2-hiera-tiny"])
+    assert sources["sam2.1_b.pt"].config == TINY  # the tests' Hiera, recognised by its widths and blocks
+
+
+def test_sam2_repo_in_transformers_layout_holds_the_same_weights(local_hub, checkpoints):
+    """facebook/sam2.1-hiera-* hold both layouts: Meta's .pt and transformers' Sam2VideoModel safetensors.
+    Loaded by repo id (config.json + model.safetensors) and by name (the .pt), they are one model."""
+    for repo_id, files in checkpoints.published().items():
+        local_hub.add(repo_id, files)
+    by_repo = load_model("facebook/sam2.1-hiera-small")
+    assert local_hub.downloads("config.json") == 1 and local_hub.downloads("sam2.1_hiera_small.pt") == 0
+    by_name = load_model("sam2.1-hiera-small")
+    assert by_repo.weights_source == "facebook/sam2.1-hiera-small"
+    assert by_repo.config == by_name.config == TINY and same_weights(by_repo, by_name)
 
 
 def test_snapshot_download_sees_the_repo(base_hub):

@@ -265,6 +265,28 @@ TINY_HF = dict(
     prompt_encoder_config=dict(image_size=256),
 )
 VIT_B_HF: dict = {}  # transformers' defaults are SAM ViT-B
+# transformers Sam2Config kwargs matching sam.build_sam2.TINY (Hiera 16 wide, 8 blocks, 256 px input, width 64).
+TINY_SAM2_HF = dict(
+    vision_config=dict(
+        backbone_config=dict(
+            model_type="sam2_hiera_det_model",
+            hidden_size=16,
+            num_attention_heads=1,
+            image_size=[256, 256],
+            blocks_per_stage=[1, 2, 3, 2],
+            embed_dim_per_stage=[16, 32, 64, 128],
+            num_attention_heads_per_stage=[1, 2, 4, 8],
+            window_size_per_stage=[8, 4, 14, 7],
+            global_attention_blocks=[4],
+            window_positional_embedding_background_size=[7, 7],
+        ),
+        backbone_channel_list=[128, 64, 32, 16],
+        backbone_feature_sizes=[[64, 64], [32, 32], [16, 16]],
+        fpn_hidden_size=64,
+    ),
+    prompt_encoder_config=dict(hidden_size=64, image_size=256),
+    mask_decoder_config=dict(hidden_size=64),
+)
 SLIM_HF = dict(  # SlimSAM-50-like: a pruned ViT-B, narrower tokens and MLP; 512 px input keeps the test fast
     vision_config=dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=12, mlp_dim=1536, image_size=512),
     prompt_encoder_config=dict(image_size=512),
@@ -312,6 +334,34 @@ def write_mobile_sam(path: Path, seed: int = 0) -> Path:
     return path
 
 
+def write_sam2_meta(path: Path, seed: int = 0) -> Path:
+    """Meta's SAM 2 .pt: {"model": state dict of sam2's SAM2Base}, video modules included, at our TINY sizes."""
+    from sam.build_sam2 import TINY
+    from tests.helpers.sam2_reference import meta_sam2
+
+    model = meta_sam2(TINY)
+    model.load_state_dict(random_state_dict(model, seed))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model.state_dict()}, path)
+    return path
+
+
+def sam2_transformers_model(meta_checkpoint: Path, video: bool = True, seed: int = 0):
+    """transformers' Sam2VideoModel (or Sam2Model) at TINY_SAM2_HF sizes holding the image weights of a Meta
+    SAM 2 checkpoint (renamed by sam.remap.SAM2_KEYS); its video modules get random weights."""
+    from transformers import Sam2Config, Sam2Model, Sam2VideoConfig, Sam2VideoModel
+
+    from sam.build_sam2 import drop_video_keys
+    from sam.remap import SAM2_KEYS
+
+    model = Sam2VideoModel(Sam2VideoConfig(**TINY_SAM2_HF)) if video else Sam2Model(Sam2Config(**TINY_SAM2_HF))
+    model.load_state_dict(random_state_dict(model, seed))
+    image = SAM2_KEYS.to_transformers(drop_video_keys(torch.load(meta_checkpoint, weights_only=True)["model"]))
+    missing, unexpected = model.load_state_dict(image, strict=False)
+    assert not unexpected and all(SAM2_KEYS.is_video_key(k) for k in missing), (missing, unexpected)
+    return model.eval()
+
+
 class Checkpoints:
     """Writes each random checkpoint once under root (a session tmp dir) and hands back its path."""
 
@@ -341,10 +391,23 @@ class Checkpoints:
     def mobile_sam(self, seed: int = 0) -> Path:
         return self._once(f"mobile_sam-{seed}.pt", lambda p: write_mobile_sam(p, seed))
 
+    def sam2_meta(self, seed: int = 0) -> Path:
+        """Meta's SAM 2 .pt at TINY sizes."""
+        return self._once(f"sam2-meta-{seed}.pt", lambda p: write_sam2_meta(p, seed))
+
+    def sam2_transformers(self, seed: int = 0, video: bool = True) -> Path:
+        """config.json + model.safetensors of Sam2VideoModel (as in facebook/sam2.1-hiera-*) or Sam2Model,
+        holding the image weights of sam2_meta(seed)."""
+        meta = self.sam2_meta(seed)
+        name = f"hf-sam2{'-video' if video else ''}-{seed}"
+        return self._once(name, lambda p: sam2_transformers_model(meta, video, seed).save_pretrained(p))
+
     def published(self) -> dict[str, dict[str, Path]]:
         """Every repo of sam.weights.KNOWN_MODELS with its files at their published paths: tiny random models.
 
-        Each file gets its own seed, so the models differ; their architecture is read from the files.
+        Each file gets its own seed, so the models differ; their architecture is read from the files. The
+        SAM 2.1 repos also hold transformers' layout (config.json + model.safetensors of Sam2VideoModel) with
+        the same image weights as their .pt, as facebook/sam2.1-hiera-* do.
         """
         from sam.weights import KNOWN_MODELS
 
@@ -357,6 +420,10 @@ class Checkpoints:
                 files.update(repo_files(self.transformers("tiny", seed)))
             elif known.config == "tiny_vit":
                 files[known.files[0]] = self.mobile_sam(seed)
+            elif known.config.startswith("hiera_"):
+                files[known.files[0]] = self.sam2_meta(seed)
+                if known.repo_id.startswith("facebook/sam2.1-"):
+                    files.update(repo_files(self.sam2_transformers(seed)))
             else:
                 files[known.files[0]] = self.meta("tiny", seed)
         return repos
