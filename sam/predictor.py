@@ -58,6 +58,8 @@ class SamPredictor:
         if image_format != self.model.image_format:
             image = image[..., ::-1]
         input_image = self.transform.apply_image(np.ascontiguousarray(image))
+        if not input_image.flags.writeable:  # SAM 2's transform hands the caller's array over, maybe read-only
+            input_image = input_image.copy()
         input_torch = torch.as_tensor(input_image, device=self.device).permute(2, 0, 1).contiguous()[None]
         self.set_torch_image(input_torch, image.shape[:2])
 

@@ -4,6 +4,8 @@ the same scores and low-res logits to RTOL = 1e-4 relative in fp32, and the same
 reference logit lies within MASK_TOL of 0. Then the input checks both families share.
 """
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -116,6 +118,19 @@ def test_set_torch_image_and_bgr_give_the_same_embedding(pair):
     assert all(torch.equal(a, b) for a, b in zip(other.high_res_features, ours.high_res_features))
 
 
+def test_a_read_only_image_is_copied_not_shared(pair):
+    """SAM 2's transform hands the image over unchanged: a read-only one (as the app keeps them) is copied
+    rather than given to torch, which warns that writing to it would be undefined."""
+    _, ours = pair
+    image = IMAGE.copy()
+    image.setflags(write=False)
+    other = SamPredictor(ours.model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        other.set_image(image)
+    assert torch.equal(other.features, ours.features)
+
+
 def test_decode_min_iou_drops_prompts_below_it(pair):
     """What segment everything asks of the decoder: prompts with no score above min_iou get -inf logits."""
     _, ours = pair
@@ -173,3 +188,20 @@ def test_integer_boxes_scale_like_float_ones(predictor):
     assert scaled.dtype == torch.float32
     assert torch.equal(scaled, predictor.transform.apply_boxes_torch(boxes.float(), (300, 200)))
     assert not torch.equal(scaled, boxes.float())
+
+
+@pytest.mark.slow
+def test_hiera_tiny_full_size():
+    """Hiera-T at 1024 px, real sizes: the predictor against Meta's on a box with a point."""
+    from sam.build_sam2 import CONFIGS
+
+    ref, model = twin_sam2(CONFIGS["hiera_tiny"], seed=4)
+    meta, ours = meta_predictor(ref), SamPredictor(model)
+    image = test_image(480, 640)
+    meta.set_image(image)
+    ours.set_image(image)
+    assert ours.features.shape == (1, 256, 64, 64) and ours.embedding.input_size == (1024, 1024)
+    assert rel_err(ours.features, meta.get_image_embedding()) < RTOL
+    prompt = {"box": np.array([100, 80, 500, 400]), "point_coords": np.array([[300, 200]]), "point_labels": [1]}
+    assert_same(meta, ours, prompt)
+    assert_same(meta, ours, {**prompt, "multimask_output": False})
