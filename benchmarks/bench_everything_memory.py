@@ -5,7 +5,8 @@
 Each setting runs in a fresh process that loads the model (random weights of the real size) and an
 embedding computed once beforehand, then calls the generator as sam.app.service.everything does
 (uncompressed RLE, at most 255 masks, logits beyond 256 MB on disk). Reported: resident memory before
-the run, the peak during it (the process's high-water mark), their difference, the time, the records.
+the run, the peak during it (the high-water mark, reset once the model is loaded), their difference,
+the time, the records. Linux only (/proc/self).
 """
 
 import argparse
@@ -19,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
-import json, resource, sys, time, torch
+import json, sys, time, torch
 sys.path.insert(0, sys.argv[1])
 from sam.allocator import reuse_freed_memory
 reuse_freed_memory()
@@ -27,9 +28,9 @@ from sam.automatic import SamAutomaticMaskGenerator
 from sam.build import build_sam
 from sam.predictor import ImageEmbedding
 
-def rss_mb():
+def status_mb(field):
     for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
 
 config, emb_path, side, zero = sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == "1"
@@ -40,11 +41,13 @@ embedding = ImageEmbedding(saved["features"], tuple(saved["original_size"]), tup
 image = saved["image"].numpy()
 thresholds = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0) if zero else {}
 gen = SamAutomaticMaskGenerator(model, points_per_side=side, output_mode="uncompressed_rle", **thresholds)
-before = rss_mb()
+before = status_mb("VmRSS")
+with open("/proc/self/clear_refs", "w") as f:  # the high-water mark starts again here: loading is not counted
+    f.write("5")
 start = time.perf_counter()
 records = gen.generate(image, embedding=embedding, max_masks=255)
 seconds = time.perf_counter() - start
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+peak = status_mb("VmHWM")
 print(json.dumps({"before_mb": before, "peak_mb": peak, "seconds": seconds, "records": len(records)}))
 """
 

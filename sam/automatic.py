@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from . import masks
+from .allocator import release_free_memory
 from .amg import (
     LowResMasks,
     batched_nms,
@@ -146,6 +147,8 @@ class SamAutomaticMaskGenerator:
             """After each batch of points (and before each crop, with 0): progress, then the deadline."""
             nonlocal done
             done += points
+            if points:
+                release_free_memory()  # see sam/allocator.py: without it, resident memory creeps up per batch
             if points and progress is not None:
                 progress(done, total)
             if deadline is not None:
