@@ -120,7 +120,10 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         f"or {Settings.precision})",
     )
     args = parser.parse_args(argv)
-    return dataclasses.replace(settings, model=args.model, precision=args.precision)
+    try:
+        return dataclasses.replace(settings, model=args.model, precision=args.precision)
+    except ValueError as e:  # an unknown model: refused now rather than on every request
+        raise SystemExit(f"error: {e}") from None
 
 
 def main(argv: list[str] | None = None) -> None:

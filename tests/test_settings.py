@@ -81,3 +81,26 @@ def test_the_library_reads_no_variable_of_ours():
 def test_docs_list_every_setting():
     text = (ROOT / "docs" / "deployment.md").read_text()
     assert all(f"`{name}`" in text for name in ENV.values())
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--model", "nonsense"], {}, "'nonsense' is not a known model, a local file or folder, or a Hub repo id"),
+        (["--model", "random:zzz"], {}, "random:zzz is not available; choose one of: vit_b"),
+        ([], {"SAM_MODEL": "sam_vit_q"}, "Known models: sam-vit-base"),
+    ],
+)
+def test_an_unknown_model_is_refused_at_start_with_the_known_forms(args, env, message):
+    out = subprocess.run(
+        [sys.executable, "app.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={"PATH": "/usr/bin:/bin", **env},
+    )
+    assert out.returncode == 1 and out.stderr.startswith("error: ") and message in out.stderr
+
+
+def test_every_form_of_model_passes_the_start_check(tmp_path):
+    for name in ("sam-vit-base", "sam_b.pt", "random:vit_t", "facebook/sam-vit-base", "owner/repo/file.pth"):
+        assert Settings(model=name).model == name
+    (tmp_path / "weights.pth").write_bytes(b"")
+    assert Settings(model=str(tmp_path / "weights.pth")).model.endswith("weights.pth")

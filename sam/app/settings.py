@@ -76,6 +76,9 @@ class Settings:
             name, value = ENV["everything_timeout_s"], self.everything_timeout_s
             raise ValueError(f"{name} must be a positive number, got {value}")
         _check_generator_args(self.everything)
+        problem = model_problem(self.model)
+        if problem:
+            raise ValueError(problem)
 
 
 ENV = {
@@ -111,6 +114,22 @@ def _parse(variable: str, kind: type, text: str) -> Any:
     if not isinstance(value, dict):
         raise ValueError(f"{variable} must be a JSON object, got {text[:40]!r}")
     return value
+
+
+def model_problem(name: str) -> str | None:
+    """Why `name` cannot be a model (not a known name, random:NAME, local path or Hub repo id); None if it can.
+
+    Only the form is checked: whether a Hub repo exists is known once the app asks for it.
+    """
+    from ..weights import WeightsError, random_config_name, resolve
+
+    if Path(name).expanduser().exists():
+        return None
+    try:
+        random_config_name(name.removeprefix("random:")) if name.startswith("random:") else resolve(name)
+    except WeightsError as e:
+        return str(e)
+    return None
 
 
 def _check_generator_args(args: Mapping[str, Any]) -> None:
