@@ -8,6 +8,8 @@ import torch
 
 from sam.automatic import SamAutomaticMaskGenerator
 from sam.build import build_sam
+from sam.build_sam2 import TINY as TINY_SAM2
+from sam.build_sam2 import build_sam2
 from sam.modeling.prompt_encoder import PositionEmbeddingRandom
 from sam.modeling.sam import Sam
 from sam.predictor import SamPredictor
@@ -128,3 +130,43 @@ def test_config_and_weights_source_are_attributes_of_every_model(checkpoint):
         image_encoder=built.image_encoder, prompt_encoder=built.prompt_encoder, mask_decoder=built.mask_decoder
     )
     assert by_hand.config is None and by_hand.weights_source == "random initialisation"
+
+
+@torch.no_grad()
+def test_sam2_builds_on_meta_and_makes_its_tensors_on_its_device():
+    """SAM 2 the same way: built on the meta device; run on the CPU while the default device is meta."""
+    with torch.device("meta"):
+        on_meta = build_sam2(TINY_SAM2)
+        low, iou, obj = on_meta.decode(
+            *on_meta.encode(torch.zeros(1, 3, 256, 256, device="meta")), boxes=prompts("meta")["boxes"]
+        )
+    assert low.shape == (2, 3, 64, 64) and low.device.type == iou.device.type == obj.device.type == "meta"
+    model = build_sam2(TINY_SAM2)
+    model.load_state_dict(random_state_dict(model, seed=4))
+    cpu_prompts, x = prompts("cpu"), torch.randn(1, 3, 256, 256)
+    with torch.device("meta"):
+        embedding, high_res = model.encode(x)
+        points, labels = cpu_prompts["points"]
+        for multimask in (True, False):
+            out = model.decode(
+                embedding, high_res, point_coords=points, point_labels=labels, boxes=cpu_prompts["boxes"],
+                mask_input=cpu_prompts["masks"], multimask_output=multimask,
+            )
+            masks = model.postprocess_masks(out[0], (256, 256), (300, 200))
+            assert all(t.device.type == "cpu" for t in (*out, masks, embedding, *high_res))
+
+
+def test_sam2_in_inference_mode_gives_the_same_results():
+    model = load_model("random:hiera_t")
+    image = test_image(300, 200)
+
+    def answers() -> list:
+        predictor = SamPredictor(model)
+        predictor.set_image(image)
+        return [predictor.predict(**kw, return_logits=True) for kw in PROMPTS.values()]
+
+    plain = answers()
+    with torch.inference_mode():
+        inside = answers()
+    for a, b in zip(plain, inside, strict=True):
+        assert all(np.array_equal(x, y) for x, y in zip(a, b))
