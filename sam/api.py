@@ -29,6 +29,7 @@ import torch
 from .arguments import Options, check_imgsz, everything_arguments, run_dir, split_arguments
 from .hub import WeightsError
 from .modeling.sam import Sam
+from .modeling.sam2 import Sam2
 from .predictor import SamPredictor
 from .prompts import as_tensors, check_boxes, check_points
 from .results import Results
@@ -125,10 +126,13 @@ class SAM:
     re-running the image encoder. `model.predictor` is the low-level, Meta-compatible `sam.SamPredictor`.
     """
 
-    def __init__(self, model: "str | Path | Sam" = "sam_b.pt", device: str | int | torch.device | None = "cpu") -> None:
-        self.source = None if isinstance(model, Sam) else str(model)  # None: a module given as it is
-        self.name = self.source or getattr(getattr(model, "config", None), "name", "sam")
-        if isinstance(model, Sam):
+    def __init__(
+        self, model: "str | Path | Sam | Sam2" = "sam_b.pt", device: str | int | torch.device | None = "cpu"
+    ) -> None:
+        given = isinstance(model, Sam | Sam2)
+        self.source = None if given else str(model)  # None: a module given as it is
+        self.name = self.source or getattr(model.config, "name", "sam")
+        if given:
             self.model = model.to(resolve_device(device)) if device not in (None, "") else model
         else:
             check_supported(str(model))
@@ -176,7 +180,7 @@ class SAM:
         size = sum(f.stat().st_size for f in files) if files else None
         info = {
             "model": self.name,
-            "weights": getattr(self.model, "weights_source", "not from a checkpoint"),
+            "weights": self.model.weights_source,
             "parameters": sum(p.numel() for p in params),
             "layers": sum(1 for m in self.model.modules() if not any(True for _ in m.children())),
             "size_mb": None if size is None else round(size / 2**20, 1),
