@@ -9,6 +9,7 @@ import numpy as np
 
 from .api import SAM
 from .images import list_images
+from .scale.files import write_atomic
 from .sources import Decoded, read_file
 
 Detector = Callable[[np.ndarray], tuple[Any, Any]]
@@ -78,6 +79,75 @@ def _detections(boxes: Any, classes: Any) -> tuple[np.ndarray, np.ndarray]:
     return boxes, classes
 
 
+class AnnotateJob:
+    """auto_annotate for one image at a time, in this process or on each Ray worker (sam.scale.ray_engine.Job).
+
+    det_model and sam_model as auto_annotate takes them (a SAM is sent to Ray workers as its Sam module);
+    detector_args go to an Ultralytics detector. Picklable without its models: each worker loads its own.
+    """
+
+    def __init__(
+        self,
+        output: str | Path,
+        det_model: "str | Path | Detector",
+        sam_model: "str | Path | SAM",
+        device: str = "",
+        classes: Iterable[int] | None = None,
+        **detector_args: Any,
+    ) -> None:
+        self.output = Path(output).absolute()
+        self.det_model = _absolute(det_model)
+        self.sam_model = _absolute(sam_model)
+        self.device = device
+        self.classes = None if classes is None else sorted({int(c) for c in classes})
+        self.detector_args = detector_args
+        self.sam: SAM | None = None
+        self.detect: Callable[[np.ndarray, Path], tuple[Any, Any]] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        sam = self.sam_model.model if isinstance(self.sam_model, SAM) else self.sam_model
+        return dict(self.__dict__, sam_model=sam, sam=None, detect=None)
+
+    def targets(self, paths: list[Path]) -> list[str]:
+        return [f"{p.stem}.txt" for p in paths]
+
+    def complete(self, target: str) -> bool:
+        return (self.output / target).is_file()
+
+    def load(self) -> None:
+        det = self.det_model
+        if callable(det):
+            self.detect = lambda image, path: det(image)
+        elif Path(det).is_dir():
+            self.detect = label_folder_detector(det)
+        else:
+            yolo = ultralytics_detector(str(det), self.device, **self.detector_args)
+            self.detect = lambda image, path: yolo(image)
+        sam = self.sam_model
+        self.sam = sam if isinstance(sam, SAM) else SAM(sam, device=self.device)
+
+    def run(self, path: Path, image: np.ndarray, target: str) -> int:
+        """Labels of one HxWx3 uint8 RGB image to target (none without detections); returns the lines."""
+        if self.sam is None:
+            self.load()
+        boxes, cls = _detections(*self.detect(np.ascontiguousarray(image[..., ::-1]), path))
+        if self.classes is not None:
+            wanted = np.isin(cls, self.classes)
+            boxes, cls = boxes[wanted], cls[wanted]
+        if len(boxes) == 0:
+            return 0
+        lines = self.sam(Decoded(image, str(path)), bboxes=boxes, verbose=False)[0].to_yolo(cls)
+        write_atomic(self.output / target, "".join(line + "\n" for line in lines))
+        return len(lines)
+
+
+def _absolute(model: Any) -> Any:
+    """A local path made absolute (Ray workers run elsewhere); other names and objects as they are."""
+    if isinstance(model, str | Path) and Path(model).expanduser().exists():
+        return str(Path(model).expanduser().absolute())
+    return model
+
+
 def auto_annotate(
     data: str | Path,
     det_model: "str | Path | Detector" = "yolo11x.pt",
@@ -90,6 +160,12 @@ def auto_annotate(
     classes: Iterable[int] | None = None,
     output_dir: str | Path | None = None,
     progress: bool = False,
+    *,
+    engine: str = "local",
+    address: str | None = None,
+    actors: int | None = None,
+    cpus_per_actor: int | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Label every image of `data` (folder, glob or file) with YOLO-seg polygons; returns the label folder.
 
@@ -100,34 +176,31 @@ def auto_annotate(
     Each image with detections gets output_dir/<stem>.txt with one line `class x1 y1 x2 y2 ...`
     (normalised outline of the mask's largest region) per detection, in the detector's order (a
     detection whose mask is empty gets no line). output_dir defaults to <data>_auto_annotate_labels beside data.
+    engine "ray": the same on Ray Data (`pip install .[scale]`): at `address` (None: a local Ray started for
+    the job, or the one this process has), `actors` actors of `cpus_per_actor` CPUs, each loading the
+    models once (a callable det_model must pickle). A rerun skips images whose label file exists (unless
+    overwrite); an unreadable image is reported in output_dir/_summary.json and the others are done.
     """
     data = Path(data)
     paths = list_images(data)
     if output_dir is None:
         output_dir = data.parent / f"{data.stem}_auto_annotate_labels"
-    output_dir = Path(output_dir)
-    if callable(det_model):
-        detect = lambda image, path: det_model(image)  # noqa: E731
-    elif Path(det_model).is_dir():
-        detect = label_folder_detector(det_model)
-    else:
-        yolo = ultralytics_detector(str(det_model), device, conf=conf, iou=iou, imgsz=imgsz, max_det=max_det)
-        detect = lambda image, path: yolo(image)  # noqa: E731
-    sam = sam_model if isinstance(sam_model, SAM) else SAM(sam_model, device=device)
-    keep_classes = None if classes is None else {int(c) for c in classes}
-    output_dir.mkdir(parents=True, exist_ok=True)
+    detector_args = dict(conf=conf, iou=iou, imgsz=imgsz, max_det=max_det)
+    job = AnnotateJob(output_dir, det_model, sam_model, device, classes, **detector_args)
+    if engine == "ray":
+        from .scale.ray_engine import run_job
+
+        run_job(job, paths, address, actors, cpus_per_actor, overwrite)
+        return Path(output_dir)
+    if engine != "local":
+        raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
+    job.load()
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    items = list(zip(paths, job.targets(paths)))
     if progress:
         from tqdm import tqdm
 
-        paths = tqdm(paths, desc="annotate", unit="image", file=sys.stderr)
-    for path in paths:
-        image = read_file(path)  # RGB
-        boxes, cls = _detections(*detect(np.ascontiguousarray(image[..., ::-1]), path))
-        if keep_classes is not None:
-            wanted = np.isin(cls, list(keep_classes))
-            boxes, cls = boxes[wanted], cls[wanted]
-        if len(boxes) == 0:
-            continue
-        lines = sam(Decoded(image, str(path)), bboxes=boxes, verbose=False)[0].to_yolo(cls)
-        (output_dir / f"{path.stem}.txt").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    return output_dir
+        items = tqdm(items, desc="annotate", unit="image", file=sys.stderr)
+    for path, target in items:
+        job.run(path, read_file(path), target)  # RGB
+    return Path(output_dir)

@@ -1,9 +1,21 @@
-"""`sam annotate DATA (--det-labels DIR | --det-model NAME)`: YOLO-seg labels from a detector's boxes."""
+"""`sam annotate DATA (--det-labels DIR | --det-model NAME) [--ray [ADDRESS]]`: YOLO-seg labels from boxes."""
 
 import argparse
 from pathlib import Path
 
-from .common import DEFAULT_MODEL, EXIT_IMAGES, EXIT_MODEL, EXIT_OK, EXIT_USAGE, CliError, find_images, load_sam
+from .common import (
+    DEFAULT_MODEL,
+    EXIT_IMAGES,
+    EXIT_MODEL,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliError,
+    add_ray_arguments,
+    find_images,
+    load_sam,
+    ray_options,
+    report_summary,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,31 +29,37 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--conf", type=float, default=0.25, help="detector confidence (with --det-model)")
     a.add_argument("--device", default="cpu")
     a.add_argument("--output", help="label folder (default: <data>_auto_annotate_labels beside data)")
+    a.add_argument("--overwrite", action="store_true", help="with --ray: redo images whose labels exist")
+    add_ray_arguments(a)
     a.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..annotate import auto_annotate, ultralytics_detector
     from ..images import ImageError
+    from ..scale.files import read_summary
 
+    ray = ray_options(args)
     find_images(args.data)
-    if args.det_labels is not None:
-        if not Path(args.det_labels).is_dir():
-            raise CliError(f"--det-labels: no such folder: {args.det_labels}", EXIT_USAGE)
-        det = args.det_labels
-    else:
+    if args.det_labels is not None and not Path(args.det_labels).is_dir():
+        raise CliError(f"--det-labels: no such folder: {args.det_labels}", EXIT_USAGE)
+    if args.det_model is not None:  # loaded here to check it; auto_annotate loads it (on each Ray worker) by name
         try:
-            det = ultralytics_detector(args.det_model, args.device, conf=args.conf)
+            ultralytics_detector(args.det_model, args.device, conf=args.conf)
         except Exception as e:
             raise CliError(f"cannot load detector {args.det_model!r}: {e}", EXIT_MODEL) from e
+    det = args.det_labels or args.det_model
     sam = load_sam(args.model, args.device)
+    if ray["engine"] == "ray" and not args.model.startswith("random:"):  # each worker loads it by name
+        sam = args.model
+    options = dict(device=args.device, conf=args.conf, classes=args.classes, output_dir=args.output, progress=True)
     try:
-        out = auto_annotate(
-            args.data, det, sam, device=args.device, classes=args.classes, output_dir=args.output, progress=True
-        )
+        out = auto_annotate(args.data, det, sam, **options, overwrite=args.overwrite, **ray)
     except ImageError as e:
         raise CliError(str(e), EXIT_IMAGES) from e
     except ValueError as e:  # e.g. a malformed label file
         raise CliError(str(e), EXIT_USAGE) from e
     print(out)
+    if ray["engine"] == "ray":
+        report_summary(read_summary(out))
     return EXIT_OK

@@ -109,3 +109,41 @@ def read_images(paths: list[Path], extras: Iterable[T], desc: str) -> Iterator[t
         yield path, image, extra
     if unreadable:
         raise CliError(f"{unreadable} of {len(paths)} images could not be read", EXIT_IMAGES)
+
+
+def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
+    """--ray [ADDRESS], --actors, --cpus-per-actor: the command on Ray Data (`pip install .[scale]`)."""
+    group = parser.add_argument_group("Ray (a cluster, or a local Ray started for the job; needs ray[data])")
+    group.add_argument(
+        "--ray", nargs="?", const="local", metavar="ADDRESS",
+        help="run on Ray Data: alone, a local Ray for the job; or a cluster's address (auto, HOST:6379, ray://HOST:10001)",
+    )  # fmt: skip
+    group.add_argument("--actors", type=int, metavar="N", help="actors, one model each (default: all that fit)")
+    group.add_argument("--cpus-per-actor", type=int, metavar="N", help="CPUs (torch threads) per actor (default 4)")
+
+
+def ray_options(args: argparse.Namespace) -> dict:
+    """engine, address, actors and cpus_per_actor for the library calls, from the --ray arguments."""
+    if args.ray is None:
+        if args.actors is not None or args.cpus_per_actor is not None:
+            raise CliError("--actors and --cpus-per-actor go with --ray", EXIT_USAGE)
+        return {"engine": "local"}
+    for name in ("actors", "cpus_per_actor"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise CliError(f"--{name.replace('_', '-')} must be >= 1", EXIT_USAGE)
+    address = None if args.ray == "local" else args.ray
+    return {"engine": "ray", "address": address, "actors": args.actors, "cpus_per_actor": args.cpus_per_actor}
+
+
+def report_summary(summary) -> None:
+    """A sam.scale.Summary: its line and each failure on stderr; CliError with EXIT_IMAGES when some images failed."""
+    print(summary.line(), file=sys.stderr)
+    for failure in summary.failures:
+        print(f"warning: {failure['error']}", file=sys.stderr)
+    if summary.failed:
+        message = f"{summary.failed} of {summary.images} images failed"
+        if summary.engine == "ray":
+            from ..scale.files import SUMMARY_NAME
+
+            message += f" (listed in {Path(summary.output) / SUMMARY_NAME})"
+        raise CliError(message, EXIT_IMAGES)
