@@ -1,10 +1,12 @@
-"""The code's layout: only sam/app/ imports the web stack, and building the app writes nothing into the package."""
+"""The code's layout: only sam/app/ imports the web stack, only sam/scale/ray_engine.py imports ray, and building the
+app writes nothing into the package."""
 
 import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 WEB = ("gradio", "gradio_client", "starlette", "fastapi", "uvicorn")
+RAY_ENGINE = ROOT / "sam" / "scale" / "ray_engine.py"  # the one module that imports ray (an optional extra)
 
 
 def imported(path: Path) -> set[str]:
@@ -23,6 +25,14 @@ def test_only_the_app_package_imports_the_web_stack():
     for path in library:
         assert not imported(path) & set(WEB), f"{path.relative_to(ROOT)} imports {imported(path) & set(WEB)}"
     assert "gradio" in imported(ROOT / "sam" / "app" / "canvas.py")  # the scan sees imports where they are
+
+
+def test_only_the_ray_engine_imports_ray():
+    code = [*(ROOT / "sam").rglob("*.py"), ROOT / "app.py"]
+    for path in code:
+        if path != RAY_ENGINE:
+            assert "ray" not in imported(path), f"{path.relative_to(ROOT)} imports ray"
+    assert "ray" in imported(RAY_ENGINE)  # inside its functions: the scan sees those too
 
 
 def test_building_the_app_writes_no_stub_into_the_package():

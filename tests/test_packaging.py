@@ -28,6 +28,7 @@ except ModuleNotFoundError:  # Python 3.10: pytest depends on tomli there
 ROOT = Path(__file__).resolve().parents[1]
 TINY = SamConfig(ViTConfig(64, 2, 4, (1,), window_size=4), img_size=256)
 WEB_STACK = ("gradio", "gradio_client", "starlette", "fastapi")
+OPTIONAL = ("ray",)  # the `scale` extra: only `engine="ray"` / `--ray` imports it
 SOURCES = ("pyproject.toml", "README.md", "sam")  # what the build reads
 
 
@@ -106,22 +107,26 @@ def test_console_script_help_and_predict(installed, tmp_path):
     assert len(coco["annotations"]) == 1 and coco["images"][0]["width"] == 120
 
 
-def test_import_sam_does_not_import_the_web_stack():
+def test_import_sam_does_not_import_the_web_stack_or_ray():
     code = (
         "import json, sys\n"
-        "import sam, sam.cli, sam.api, sam.automatic, sam.export, sam.weights\n"
-        f"web = {WEB_STACK!r}\n"
-        "loaded = lambda: sorted(m for m in sys.modules if m.split('.')[0] in web)\n"
+        "import sam, sam.cli, sam.api, sam.automatic, sam.export, sam.weights, sam.scale, sam.scale.ray_engine\n"
+        "sam.cli.build_parser()\n"
+        f"names = {WEB_STACK + OPTIONAL!r}\n"
+        "loaded = lambda: sorted(m for m in sys.modules if m.split('.')[0] in names)\n"
         "before = loaded()\n"
-        "import sam.app.canvas\n"  # the app does import them: shows the check can see them
-        "print(json.dumps([before, loaded()]))\n"
+        "import sam.app.canvas\n"  # the app does import the web stack, never ray
+        "app = loaded()\n"
+        "sam.scale.ray_engine.ray_module()\n"  # engine='ray' does: shows the check can see it
+        "print(json.dumps([before, app, loaded()]))\n"
     )
     env = dict(_env(), PYTHONPATH=str(ROOT))
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    before, after = json.loads(r.stdout)
+    before, app, after = json.loads(r.stdout)
     assert before == []
-    assert "gradio" in after
+    assert "gradio" in app and "ray" not in app
+    assert "ray" in after
 
 
 def _requirements(path: Path) -> list[str]:
