@@ -82,6 +82,31 @@ def test_later_prompts_refine_the_selected_candidate(session):
     assert session.low_res.shape == (1, H, W) and session.selected == 0
 
 
+def test_the_first_candidates_stay_offered_and_another_one_can_be_refined(session):
+    dec = FakeDecoder()
+    session.add_point(dec, 30, 20, 1)
+    first = session.first[0].copy()
+    version = session.first_version
+    session.add_point(dec, 10, 10, 0)
+    assert session.low_res.shape == (1, H, W) and session.first_selected() == 1  # the best one was refined
+    np.testing.assert_array_equal(session.first[0], first)
+    assert session.first_version == version  # unchanged by later prompts: the page keeps its copy
+    session.choose_first(dec, 2)
+    assert session.first_selected() == 2 and len(session.prompts) == 2
+    np.testing.assert_array_equal(dec.calls[-1]["mask_input"], first[2])  # the later prompt refines mask 2
+    undone = session.low_res.copy()
+    session.add_point(dec, 5, 5, 0)
+    session.undo(dec)
+    np.testing.assert_array_equal(session.low_res, undone)  # the choice is kept through undo
+    with pytest.raises(ValueError, match="no candidate 3"):
+        session.choose_first(dec, 3)
+    session.undo(dec)
+    session.undo(dec)
+    assert session.first is None  # nothing to offer once the prompts are gone
+    session.set_box(dec, (5, 5, 20, 20))
+    assert session.first is None  # a box alone gives one mask
+
+
 def test_box_replaces_the_earlier_box_and_combines_with_points(session):
     dec = FakeDecoder()
     session.set_box(dec, (5, 5, 20, 20))
@@ -170,6 +195,29 @@ def test_objects_are_named_coloured_and_start_a_new_object(session):
         session.add_object(dec)
 
 
+def test_objects_are_renamed_cleared_and_never_share_a_colour(session):
+    dec = FakeDecoder()
+    for _ in range(3):
+        session.add_point(dec, 30, 20, 1)
+        session.add_object(dec)
+    session.delete_object(1)
+    session.add_point(dec, 30, 20, 1)
+    obj = session.add_object(dec)
+    assert [o.id for o in session.objects] == [0, 2, 3]  # a new object after a deletion takes a new colour
+    assert obj.name == "object 4" and obj.color == hex_color(3) and len({o.color for o in session.objects}) == 3
+    version = session.objects_version
+    assert session.rename_object(0, " mug\n").name == "mug" and session.objects_version == version + 1
+    assert session.rename_object(0, "  ").name == "mug"  # an empty name keeps the old one
+    with pytest.raises(ValueError, match="no object 9"):
+        session.rename_object(9, "x")
+    session.add_point(dec, 30, 20, 1)
+    session.clear()
+    assert len(session.objects) == 3  # Clear: the prompts only
+    session.add_point(dec, 30, 20, 1)
+    session.clear_all()
+    assert session.objects == [] and session.prompts == [] and session.low_res is None
+
+
 def test_limits_and_failures_leave_the_state_as_it_was(session, monkeypatch):
     dec = FakeDecoder()
     for i in range(MAX_PROMPTS):
@@ -237,6 +285,9 @@ IMAGE = ImageRef("k", W, H)
         ({"type": "choose", "index": 1.0}, "index must be an integer"),
         ({"type": "delete"}, "index must be an integer"),
         ({"type": "add", "name": ["x"]}, "name must be text"),
+        ({"type": "rename", "name": "x"}, "index must be an integer"),
+        ({"type": "rename", "index": 0, "name": 5}, "name must be text"),
+        ({"type": "choose_first", "index": "1"}, "index must be an integer"),
     ],
 )
 def test_parse_action_rejects_bad_requests(data, message):
@@ -251,6 +302,9 @@ def test_parse_action_normalises_good_requests():
     assert box == (0, 30, 50, H)
     assert parse_action({"type": "add", "name": "a\x00b" * 30}, IMAGE).name == clean_name("a b" * 30)
     assert parse_action({"type": "undo", "extra": object()}, None) == Action("undo")
+    assert parse_action({"type": "rename", "index": 1, "name": "a<b"}, IMAGE) == Action("rename", index=1, name="a b")
+    assert parse_action({"type": "choose_first", "index": 2}, IMAGE) == Action("choose_first", index=2)
+    assert parse_action({"type": "clear_all"}, None) == Action("clear_all")
     with pytest.raises(ValueError, match="upload an image"):
         parse_action({"type": "point", "x": 1, "y": 1}, None)
 

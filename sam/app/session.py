@@ -3,11 +3,12 @@
 Plain Python and numpy: the model is reached through a decoder passed to each call (`sam.app.service.Decoder`
 or anything with the same `decode` / `masks` methods), so all of this is tested without a browser.
 A session holds only small things: keys into the shared caches, the prompts, the current candidates'
-low-res logits (at most 3x256x256 float32, 0.8 MB; the last decode's answer and mask input are kept too,
-at most twice that) and finished objects as compressed COCO RLE.
+low-res logits (at most 3x256x256 float32, 0.8 MB; the first prompt's three, the last decode's answer and
+mask input are kept too, at most three times that) and finished objects as compressed COCO RLE.
 
 The flow follows Meta's predictor notebook: one point -> three candidates, the best selected; each
 further prompt is decoded with the selected candidate's low-res logits as `mask_input` and one output.
+The first prompt's three candidates stay on offer: choosing another one replays the later prompts on it.
 Undo replays the remaining prompts (with the candidates picked at each step), so it gives back exactly
 the earlier masks. A hover preview asks the decoder exactly what a click at the same place would ask, so
 a click where the preview is shown reuses its answer instead of decoding again, as in Meta's demo.
@@ -62,6 +63,7 @@ class SessionObject:
     score: float  # predicted IoU
     area: int
     box: list[int]  # x0, y0, x1, y1 (pixel edges)
+    id: int = 0  # unique within the image: the page keeps each object's display settings by it
 
     def mask(self) -> np.ndarray:
         return decode_coco_rle(self.rle)
@@ -86,12 +88,19 @@ class AppSession:
     low_res: np.ndarray | None = None  # Cxhxw logits of the current candidates
     scores: np.ndarray | None = None  # C predicted IoUs
     selected: int = 0
+    # The first prompt's three candidates (3xhxw logits, 3 IoUs), still offered while later prompts refine one
+    first: tuple[np.ndarray, np.ndarray] | None = None
+    first_version: int = 0
     objects: list[SessionObject] = field(default_factory=list)
     objects_version: int = 0
+    next_id: int = 0  # the next object's id and colour
     everything: list[SessionObject] = field(default_factory=list)  # masks from "segment everything"
     token: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
     touched: float = field(default_factory=time.monotonic)
+    job: str | None = None  # "image" or "everything" while one runs; the page's other requests wait for it
+    progress: tuple[int, int] | None = None  # (done, total) of the running job
+    cancel_run: int | None = None  # the run of segment everything that the page asked to stop
     _last: tuple | None = field(default=None, repr=False)  # the last decode: (inputs, mask_input, low_res, scores)
 
     # image and model ---------------------------------------------------------------------------------
@@ -102,6 +111,7 @@ class AppSession:
         self.objects = []
         self.everything = []
         self.objects_version += 1
+        self.next_id = 0
 
     def require_image(self) -> ImageRef:
         if self.image is None:
@@ -145,12 +155,15 @@ class AppSession:
         multimask = n == 1 and prompts[0].kind == "point"
         low_res, scores = self._decode(decoder, points, labels, box, mask_input, multimask)
         self.low_res, self.scores = low_res, scores
+        if n == 1:
+            self.first = (low_res, scores) if multimask else None
+            self.first_version += 1
         choice = prompts[-1].choice
         self.selected = choice if choice is not None and 0 <= choice < len(scores) else int(np.argmax(scores))
 
     def replay(self, decoder: DecoderLike) -> None:
         """Recompute the candidates from the prompts (after undo, or with another model)."""
-        self.low_res = self.scores = None
+        self.low_res = self.scores = self.first = None
         self.selected = 0
         for n in range(1, len(self.prompts) + 1):
             self._step(decoder, n)
@@ -161,6 +174,18 @@ class AppSession:
         self.selected = index
         self.prompts[-1].choice = index
 
+    def choose_first(self, decoder: DecoderLike, index: int) -> None:
+        """Another of the first prompt's candidates; the later prompts refine that one instead."""
+        if self.first is None or not 0 <= index < len(self.first[1]):
+            raise ValueError(f"no candidate {index}")
+        self.prompts[0].choice = index
+        self.replay(decoder)
+
+    def first_selected(self) -> int:
+        """Which of the first prompt's candidates the current mask grew from."""
+        choice = self.prompts[0].choice if self.prompts else None
+        return choice if choice is not None else int(np.argmax(self.first[1])) if self.first else 0
+
     def undo(self, decoder: DecoderLike) -> None:
         if not self.prompts:
             return
@@ -169,8 +194,14 @@ class AppSession:
 
     def clear(self) -> None:
         self.prompts = []
-        self.low_res = self.scores = None
+        self.low_res = self.scores = self.first = None
         self.selected = 0
+
+    def clear_all(self) -> None:
+        """Prompts and objects (the everything masks stay)."""
+        self.clear()
+        self.objects = []
+        self.objects_version += 1
 
     def preview(self, decoder: DecoderLike, x: float, y: float) -> tuple[np.ndarray, float]:
         """The mask the current prompts plus a positive point at (x, y) would give (state is unchanged).
@@ -210,21 +241,20 @@ class AppSession:
         """The selected candidate becomes a named object; the next prompts start a new object."""
         if self.low_res is None or self.scores is None:
             raise ValueError("click on the image first: there is no mask to add")
+        mask = decoder.masks(self.low_res[self.selected : self.selected + 1])[0]
+        obj = self._new_object(name, encode_coco_rle(mask), float(self.scores[self.selected]), area(mask),
+                               mask_to_box(mask))
+        self.clear()
+        return obj
+
+    def _new_object(self, name: str, rle: dict[str, Any], score: float, size: int, box: list[int]) -> SessionObject:
         if len(self.objects) >= MAX_OBJECTS:
             raise ValueError(f"at most {MAX_OBJECTS} objects per image")
-        mask = decoder.masks(self.low_res[self.selected : self.selected + 1])[0]
-        n = len(self.objects)
-        obj = SessionObject(
-            name=clean_name(name) or f"object {n + 1}",
-            color=hex_color(n),
-            rle=encode_coco_rle(mask),
-            score=float(self.scores[self.selected]),
-            area=area(mask),
-            box=mask_to_box(mask),
-        )
+        n = self.next_id
+        obj = SessionObject(clean_name(name) or f"object {n + 1}", hex_color(n), rle, score, size, box, id=n)
+        self.next_id += 1
         self.objects.append(obj)
         self.objects_version += 1
-        self.clear()
         return obj
 
     def set_everything(self, masks: list[tuple[np.ndarray, float]]) -> None:
@@ -238,20 +268,22 @@ class AppSession:
         """Everything mask `index` becomes an object."""
         if not 0 <= index < len(self.everything):
             raise ValueError(f"no mask {index} from segment everything")
-        if len(self.objects) >= MAX_OBJECTS:
-            raise ValueError(f"at most {MAX_OBJECTS} objects per image")
-        source, n = self.everything[index], len(self.objects)
-        obj = SessionObject(clean_name(name) or f"object {n + 1}", hex_color(n), source.rle, source.score,
-                            source.area, source.box)
-        self.objects.append(obj)
-        self.objects_version += 1
-        return obj
+        source = self.everything[index]
+        return self._new_object(name, source.rle, source.score, source.area, source.box)
 
     def delete_object(self, index: int) -> None:
         if not 0 <= index < len(self.objects):
             raise ValueError(f"no object {index}")
         del self.objects[index]
         self.objects_version += 1
+
+    def rename_object(self, index: int, name: str) -> SessionObject:
+        if not 0 <= index < len(self.objects):
+            raise ValueError(f"no object {index}")
+        obj = self.objects[index]
+        obj.name = clean_name(name) or obj.name
+        self.objects_version += 1
+        return obj
 
     def close(self) -> None:
         """Drop the arrays (called when the session expires)."""
@@ -274,7 +306,8 @@ def clean_name(name: Any) -> str:
 
 # Untrusted input from the page -----------------------------------------------------------------------------
 
-ACTIONS = ("point", "box", "undo", "clear", "choose", "add", "delete", "hover", "pick")
+ACTIONS = ("point", "box", "undo", "clear", "clear_all", "choose", "choose_first", "add", "delete", "rename",
+           "hover", "pick")
 
 
 @dataclass(frozen=True)
@@ -325,13 +358,13 @@ def parse_action(data: Any, image: ImageRef | None) -> Action:
         x0, y0, x1, y1 = (_number({"box": v}, "box") for v in box)
         (x0, x1), (y0, y1) = sorted((x0, x1)), sorted((y0, y1))  # a drag may go either way
         return Action(kind, box=tuple(float(v) for v in check_boxes([x0, y0, x1, y1], (image.height, image.width))[0]))
-    if kind in ("choose", "delete", "pick"):
+    if kind in ("choose", "choose_first", "delete", "pick"):
         return Action(kind, index=_index(data, "index"))
-    if kind == "add":
+    if kind in ("add", "rename"):
         name = data.get("name", "")
         if not isinstance(name, str):
             raise ValueError("name must be text")
-        return Action(kind, name=clean_name(name))
+        return Action(kind, index=_index(data, "index") if kind == "rename" else 0, name=clean_name(name))
     return Action(kind)
 
 
