@@ -23,7 +23,7 @@ from sam.allocator import reuse_freed_memory
 from sam.app import settings as limits
 from sam.app.api import ApiHandlers
 from sam.app.body_limit import BodyLimit, UploadBudget
-from sam.app.canvas import sam_canvas
+from sam.app.canvas import STATIC, sam_canvas
 from sam.app.handlers import Handlers, model_choices
 from sam.app.service import Service
 from sam.app.settings import ENV, PRECISIONS, Settings
@@ -36,19 +36,21 @@ def layout(h: Handlers) -> SimpleNamespace:
     """The page's components (inside a gr.Blocks context)."""
     ui = SimpleNamespace()
     ui.session = gr.State(None, time_to_live=limits.SESSION_TTL_S, delete_callback=h.expire)
-    gr.Markdown("## Segment Anything\nClick an object, drag a box around it, or rest the cursor on it.")
-    with gr.Row(equal_height=True):
-        ui.model = gr.Dropdown(h.choices, value=h.model_name, label="Model", scale=1, min_width=160)
+    ui.in_use = gr.State(h.model_name)  # the picker goes back to it when a switch fails
+    with gr.Row(elem_id="sam-top", equal_height=False):
+        gr.Markdown("# Segment Anything\nClick an object, drag a box around it, or rest the cursor on it.",
+                    elem_id="sam-title")
+        ui.model = gr.Dropdown(h.choices, value=h.model_name, label="Model", scale=0, min_width=200,
+                               elem_id="sam-model")
         ui.status = gr.Markdown("Loading the model…", elem_id="sam-status")
-    ui.canvas = sam_canvas(h.canvas, elem_id="sam-canvas")
-    ui.gallery = gr.Gallery(
-        [str(p) for p in h.examples], label="Examples", columns=6, height=140, allow_preview=False,
-        object_fit="cover", elem_id="sam-examples",
-    )
-    with gr.Row():
-        ui.export = gr.Button("Export objects (zip)", elem_id="sam-export", scale=0, min_width=200)
-        ui.zip_file = gr.File(
-            label="Masks, cut-outs, COCO and YOLO labels", elem_id="sam-zip", interactive=False, height=90
+    with sam_canvas(h.canvas, elem_id="sam-canvas") as ui.canvas, gr.Column(elem_id="sam-side"):
+        ui.export = gr.Button("Export objects (zip)", elem_id="sam-export")
+        ui.zip_file = gr.File(  # shown once it holds a zip (page.css)
+            label="Masks, cut-outs, COCO and YOLO labels", elem_id="sam-zip", interactive=False
+        )
+        ui.gallery = gr.Gallery(
+            [str(p) for p in h.examples], label="Examples", columns=3, height="auto", allow_preview=False,
+            object_fit="cover", buttons=[], elem_id="sam-examples",
         )
     return ui
 
@@ -63,8 +65,18 @@ def wire_page(demo: gr.Blocks, ui: SimpleNamespace, h: Handlers) -> None:
     opened = [ui.canvas, ui.session, ui.status]
     ui.canvas.image(h.on_image, [ui.session, ui.model], opened, trigger_mode="multiple", **embed)
     ui.gallery.select(h.on_example, [ui.session, ui.model], opened, trigger_mode="multiple", **embed)
-    ui.model.change(h.on_model, [ui.session, ui.model], [ui.canvas, ui.status], trigger_mode="always_last", **embed)
-    ui.canvas.everything(h.on_everything, [ui.session, ui.model], ui.canvas, trigger_mode="once", **embed)
+    quick = dict(concurrency_id="status", concurrency_limit=None, api_visibility="private", show_progress="hidden")
+    # .input, not .change: putting the picker back after a failed switch must not switch again
+    ui.model.input(
+        h.on_model, [ui.session, ui.model], [ui.canvas, ui.status], trigger_mode="always_last", **embed
+    ).then(h.model_in_use, [ui.model, ui.in_use], [ui.model, ui.in_use], **quick)
+    # Segment everything takes the embedding lock one batch at a time (sam.app.service.everything) and
+    # answers "busy" at once beyond its cap: it must not hold a queue slot that uploads wait for. Its
+    # progress and Cancel are on the canvas (CanvasServer.sam_act).
+    ui.canvas.everything(
+        h.on_everything, [ui.session, ui.model], ui.canvas, trigger_mode="once", concurrency_id="everything",
+        concurrency_limit=None, show_progress="hidden", api_visibility="private",
+    )
     ui.export.click(
         h.on_export, ui.session, ui.zip_file, concurrency_id="export", concurrency_limit=2, api_visibility="private"
     )
@@ -141,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
         state_session_capacity=settings.max_sessions,
         max_file_size=f"{limits.MAX_UPLOAD_MB}mb",  # uploads; BodyLimit bounds every other request body
         allowed_paths=[str(p) for p in EXAMPLES],
+        css=(STATIC / "page.css").read_text(),  # the page around the canvas (canvas.css is the canvas's own)
         app_kwargs={"middleware": [Middleware(BodyLimit, **body_limits())]},
     )
 

@@ -15,24 +15,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from playwright.sync_api import sync_playwright
 
-from sam import SamPredictor
 from sam.app.service import read_image
-from sam.app.threads import torch_threads
 from sam.automatic import SamAutomaticMaskGenerator
-from sam.weights import load_model
 from tests.helpers.browser import (
     CANVAS,
     DEBUG,
     REPO,
+    Expected,
     act,
+    app_fixture,
     app_on_hub,
+    assert_drawn,
+    browser_fixture,  # noqa: F401  (a fixture)
     click,
     image_to_page,
-    launch_chromium,
     mask_info,
     open_app,
+    page_fixture,  # noqa: F401  (a fixture)
     run_app,
     served_default,
     state,
@@ -49,67 +49,13 @@ CHELSEA = str(REPO / "examples" / "chelsea.jpg")
 EVERYTHING = {"points_per_side": 8, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
 
 
-@pytest.fixture(scope="module")
-def app_url(checkpoints, tmp_path_factory):
-    env = {"SAM_EVERYTHING": json.dumps(EVERYTHING)}
-    with app_on_hub(checkpoints, tmp_path_factory.mktemp("app"), ["--model", "sam-vit-base"], extra_env=env) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        b = launch_chromium(p)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser, app_url):
-    page = open_app(browser, app_url)
-    yield page
-    assert page.errors == []
-    page.context.close()
-
-
-class Expected:
-    """What Meta's predictor API gives for prompts on one image, with the checkpoint the app downloaded."""
-
-    def __init__(self, folder, image_path):
-        self.predictor = SamPredictor(load_model(str(folder)))
-        self.predictor.set_image(read_image(image_path))
-
-    def predict(self, prompts, mask_input=None, multimask=None):
-        points = [p["coords"] for p in prompts if p["kind"] == "point"]
-        labels = [p["label"] for p in prompts if p["kind"] == "point"]
-        boxes = [p["coords"] for p in prompts if p["kind"] == "box"]
-        if multimask is None:
-            multimask = len(prompts) == 1 and prompts[0]["kind"] == "point"
-        with torch_threads(1):  # as the app decodes (SAM_DECODE_THREADS), so that masks compare exactly
-            return self.predictor.predict(
-                np.array(points) if points else None,
-                np.array(labels) if labels else None,
-                np.array(boxes[-1]) if boxes else None,
-                mask_input=mask_input,
-                multimask_output=multimask,
-            )
+app_url = app_fixture(SAM_EVERYTHING=json.dumps(EVERYTHING))
 
 
 @pytest.fixture(scope="module")
 def coffee(checkpoints):
     # published() gives facebook/sam-vit-base the tiny transformers checkpoint of seed 0.
     return Expected(served_default(checkpoints), COFFEE)
-
-
-def assert_drawn(page, which, mask: np.ndarray) -> None:
-    """The page's mask layer equals `mask` (pixel count and extent), and it is painted on the overlay."""
-    info = mask_info(page, which)
-    ys, xs = np.nonzero(mask)
-    assert (info["width"], info["height"]) == (mask.shape[1], mask.shape[0])
-    assert info["count"] == int(mask.sum())
-    assert info["box"] == [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
-    y, x = ys[len(ys) // 2], xs[len(xs) // 2]
-    assert page.evaluate(f"{DEBUG}.pixelAt({x + 0.5}, {y + 0.5})")[3] > 0  # painted where the mask is
 
 
 def test_click_draws_the_predicted_mask_and_candidates(page, coffee):
@@ -139,7 +85,7 @@ def test_negative_point_refines_with_previous_logits(page, coffee):
     masks, _, _ = coffee.predict(s["prompts"], mask_input=low_res[np.argmax(scores)][None])
     assert_drawn(page, "candidate", masks[0])
     assert mask_info(page, "candidate")["count"] != before["count"]
-    page.click(".sam-mode")  # negative mode: a left click is negative too
+    page.click(".sam-mode[data-mode=negative]")  # negative mode: a left click is negative too
     click(page, 100, 300)
     assert state(page)["prompts"][-1]["label"] == 0
 
@@ -261,7 +207,8 @@ def test_everything_then_pick_a_mask(page, coffee):
     page.wait_for_function(f"{DEBUG}.state().everything !== null || {DEBUG}.state().error", timeout=120_000)
     generator = SamAutomaticMaskGenerator(coffee.predictor.model, **EVERYTHING)
     records = sorted(generator.generate(read_image(COFFEE)), key=lambda r: -r["predicted_iou"])
-    assert state(page)["everything"] == {"count": len(records), "shown": True} and records
+    shown = state(page)["everything"]
+    assert (shown["count"], shown["shown"]) == (len(records), True) and records
     # The label image shows mask i where mask i is the smallest mask covering the pixel.
     first = records[0]["segmentation"]
     covering = [i for i, r in enumerate(records) if r["segmentation"][200, 300]]

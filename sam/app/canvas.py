@@ -26,35 +26,62 @@ logger = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 DISPLAY_MAX_SIDE = 1024
 
+JS_FILES = ("canvas.js", "panel.js", "input.js")  # one script, in this order (they share its scope)
+# Before @children: the tool (toolbar, image, hints) and its side panel (masks, objects); @children: the
+# components placed inside the canvas in app.py (export, examples), below the panel on wide screens.
 HTML_TEMPLATE = """
-<div class="sam-canvas" tabindex="0">
-  <div class="sam-toolbar">
+<div class="sam-main">
+  <div class="sam-toolbar" role="toolbar" aria-label="Image tools">
     <button type="button" class="sam-upload sam-primary">Upload image</button>
     <input type="file" accept="image/*" class="sam-file" hidden>
-    <button type="button" class="sam-mode" aria-pressed="false" title="Right click also adds a negative point (key: n)">
-      + Positive point</button>
+    <div class="sam-modes" role="group" aria-label="A click on the image adds">
+      <button type="button" class="sam-mode" data-mode="positive" aria-pressed="true">+ Positive</button>
+      <button type="button" class="sam-mode" data-mode="negative" aria-pressed="false">&minus; Negative</button>
+      <button type="button" class="sam-mode" data-mode="box" aria-pressed="false">&#9645; Box</button>
+    </div>
     <label class="sam-check"><input type="checkbox" class="sam-hover-toggle" checked> Hover preview</label>
-    <button type="button" class="sam-undo" title="Ctrl+Z">Undo</button>
-    <button type="button" class="sam-clear">Clear</button>
-    <button type="button" class="sam-everything" title="Segment everything, then click a mask to make it an object">
-      Everything</button>
+    <button type="button" class="sam-undo" aria-keyshortcuts="Control+Z">Undo</button>
+    <button type="button" class="sam-clear" aria-keyshortcuts="Escape">Clear prompts</button>
+    <button type="button" class="sam-everything">Everything</button>
+    <div class="sam-message" role="status" aria-live="polite"></div>
   </div>
-  <div class="sam-stage">
-    <div class="sam-frame"><img class="sam-img" alt="image to segment"><canvas class="sam-overlay"></canvas></div>
-    <div class="sam-empty">Drop an image here, paste one, or use Upload image. Or pick an example below.</div>
-    <div class="sam-busy" hidden></div>
+  <div class="sam-stage" tabindex="0" role="application" aria-roledescription="image canvas"
+    aria-label="Image canvas" aria-describedby="sam-hint sam-keys">
+    <div class="sam-frame"><img class="sam-img" alt=""><canvas class="sam-overlay" aria-hidden="true"></canvas></div>
+    <div class="sam-empty">Drop an image here, paste one, or use Upload image. Or pick an example.</div>
+    <div class="sam-busy" hidden>
+      <p><span class="sam-busy-text" role="status"></span> <span class="sam-busy-time"></span></p>
+      <progress class="sam-progress" max="1" aria-label="Progress" hidden></progress>
+      <button type="button" class="sam-cancel" hidden>Cancel</button>
+    </div>
   </div>
-  <div class="sam-hint">Click: positive point. Right click or negative mode: negative point. Drag: box.</div>
-  <div class="sam-candidates"></div>
-  <div class="sam-objects-bar">
-    <input type="text" class="sam-name" maxlength="40" placeholder="Object name (optional)">
-    <button type="button" class="sam-add">Add object</button>
-  </div>
-  <ul class="sam-objects"></ul>
-  <div class="sam-message" role="status"></div>
+  <p class="sam-hint" id="sam-hint"><span class="sam-hint-mouse">Click: positive point. Right click: negative point.
+    Drag: box.</span><span class="sam-hint-touch">Tap the image to add a point of the kind chosen above; choose
+    Box, then drag, for a box.</span></p>
+  <p class="sam-keys" id="sam-keys">Keys: <kbd>Ctrl+Z</kbd> undo · <kbd>Esc</kbd> clear prompts · <kbd>Enter</kbd>
+    add object · <kbd>1</kbd> <kbd>2</kbd> <kbd>3</kbd> pick a mask · <kbd>n</kbd> positive / negative · on the
+    image: arrow keys move a cursor, <kbd>Space</kbd> adds a point.</p>
 </div>
+<div class="sam-panel">
+  <section class="sam-section" aria-labelledby="sam-mask-title">
+    <h2 id="sam-mask-title">Mask</h2>
+    <p class="sam-mask-note">Click the image to get a mask.</p>
+    <div class="sam-candidates" role="group" aria-label="Candidate masks"></div>
+    <div class="sam-objects-bar">
+      <label class="sam-name-label">Object name <input type="text" class="sam-name" maxlength="40"
+        placeholder="optional"></label>
+      <button type="button" class="sam-add" aria-keyshortcuts="Enter">Add object</button>
+    </div>
+  </section>
+  <section class="sam-section" aria-labelledby="sam-objects-title">
+    <h2 id="sam-objects-title">Objects <span class="sam-count"></span></h2>
+    <p class="sam-objects-none">None yet: click the image, then Add object (or Enter).</p>
+    <ul class="sam-objects"></ul>
+    <button type="button" class="sam-clear-all" hidden>Clear all</button>
+  </section>
+</div>
+@children
 """
-
 
 def display_size(height: int, width: int, max_side: int = DISPLAY_MAX_SIDE) -> tuple[int, int]:
     """(H, W) of the masks sent to the page: the image size, scaled down so the long side is <= max_side."""
@@ -97,8 +124,9 @@ def image_data_url(image: np.ndarray, quality: int = 90) -> str:
 
 def sam_canvas(server: "CanvasServer", **kwargs: Any) -> gr.HTML:
     """The canvas component (Gradio's custom HTML); `server` answers its requests (`server.sam_act` in the
-    page's script). A gr.HTML instance rather than a subclass: Gradio writes a .pyi stub beside the module
-    of every component class it sees defined."""
+    page's script). Components created inside `with canvas:` are shown in its side column. A gr.HTML
+    instance rather than a subclass: Gradio writes a .pyi stub beside the module of every component class
+    it sees defined."""
 
     def sam_act(data: Any) -> dict[str, Any]:  # a plain function: Gradio marks it as a server function
         return server.sam_act(data)
@@ -107,7 +135,7 @@ def sam_canvas(server: "CanvasServer", **kwargs: Any) -> gr.HTML:
         value={},
         html_template=HTML_TEMPLATE,
         css_template=(STATIC / "canvas.css").read_text(),
-        js_on_load=(STATIC / "canvas.js").read_text(),
+        js_on_load="\n".join((STATIC / name).read_text() for name in JS_FILES),
         server_functions=[sam_act],
         apply_default_css=False,
         **kwargs,
@@ -134,10 +162,17 @@ class CanvasServer:
         session = self.registry.get(data.get("token")) if isinstance(data, dict) else None
         if session is None:
             return {"error": "This page's session has expired: upload the image again.", "expired": True, "seq": seq}
+        if data.get("type") in ("progress", "cancel"):  # while a job holds the session's lock
+            return {**self._job(session, data), "seq": seq}
+        if session.job is not None:
+            return {"error": BUSY[session.job], "busy": session.job, "seq": seq}
         start = time.perf_counter()
         try:
             with session.lock:
                 session.touched = time.monotonic()
+                key = data.get("key")
+                if key is not None and (session.image is None or key != session.image.key):
+                    return {"stale": True, "seq": seq}  # aimed at an image the page no longer shows
                 out = self._act(session, data)
         except (ValueError, LookupError) as e:
             return {"error": str(e), "seq": seq}
@@ -148,18 +183,30 @@ class CanvasServer:
         out["ms"] = round((time.perf_counter() - start) * 1000, 1)
         return out
 
+    def _job(self, session: AppSession, data: dict[str, Any]) -> dict[str, Any]:
+        """How far the session's job is; a cancel request stops segment-everything run `run`."""
+        if data["type"] == "cancel":
+            run = data.get("run")
+            if isinstance(run, bool) or not isinstance(run, int):
+                return {"error": "run must be an integer"}
+            session.cancel_run = run
+        return {"job": session.job, "progress": session.progress}
+
     def _act(self, session: AppSession, data: dict[str, Any]) -> dict[str, Any]:
         action = parse_action(data, session.image)
         kind = action.type
         if kind == "choose":
             session.choose(action.index)
             return {"selected": session.selected}
-        if kind == "clear":
-            session.clear()
+        if kind in ("clear", "clear_all"):
+            session.clear_all() if kind == "clear_all" else session.clear()
             return self.view(session, None, data)
         if kind == "delete":
             session.delete_object(action.index)
             return self.view(session, None, data)
+        if kind == "rename":
+            obj = session.rename_object(action.index, action.name)
+            return {**self.view(session, None, data), "message": f"Renamed to {obj.name}."}
         if kind == "pick":
             obj = session.pick(action.index)
             return {**self.view(session, None, data), "message": f"Added {obj.name}."}
@@ -174,6 +221,8 @@ class CanvasServer:
             session.set_box(decoder, action.box)
         elif kind == "undo":
             session.undo(decoder)
+        elif kind == "choose_first":
+            session.choose_first(decoder, action.index)
         elif kind == "add":
             obj = session.add_object(decoder, action.name)
             return {**self.view(session, decoder, data), "message": f"Added {obj.name}."}
@@ -185,10 +234,14 @@ class CanvasServer:
         out["candidates"] = []
         if session.low_res is not None and decoder is not None:
             size = display_size(*decoder.original_size)
-            masks = decoder.masks(session.low_res, size)
-            out["candidates"] = [
-                {"png": mask_data_url(m), "score": round(float(s), 4)} for m, s in zip(masks, session.scores)
-            ]
+            out["candidates"] = _pngs(decoder.masks(session.low_res, size), session.scores)
+            out["model"] = session.model_name  # the model that answered
+            out["first_version"] = session.first_version
+            sent = data.get("first_version") if data else None
+            if len(session.prompts) > 1 and session.first is not None and sent != session.first_version:
+                out["first"] = _pngs(decoder.masks(session.first[0], size), session.first[1])
+            if len(session.prompts) > 1 and session.first is not None:
+                out["first_selected"] = session.first_selected()
         if data is None or data.get("objects_version") != session.objects_version:
             out["objects"] = self.objects(session)
             out["objects_version"] = session.objects_version
@@ -202,7 +255,7 @@ class CanvasServer:
         for obj in session.objects:
             mask = _resize(obj.mask(), size)
             out.append(
-                {"name": obj.name, "color": obj.color, "score": round(obj.score, 4), "area": obj.area,
+                {"id": obj.id, "name": obj.name, "color": obj.color, "score": round(obj.score, 4), "area": obj.area,
                  "png": mask_data_url(mask)}
             )
         return out
@@ -220,13 +273,19 @@ class CanvasServer:
     ) -> tuple[dict[str, Any], AppSession, str]:
         """A new image for the session: keep it, embed it (cached by content) -> (view, session, status)."""
         session = session if isinstance(session, AppSession) else AppSession()
+        if session.job is not None:
+            raise ValueError(BUSY[session.job])
         self.registry.add(session)
-        with session.lock:
-            key = self.service.add_image(image)
-            embedded = self.service.embed(model_name, key, path)
-            h, w = image.shape[:2]
-            session.set_image(ImageRef(key, w, h, name, path), model_name)
-            view = self.view(session, None)
+        session.job = "image"
+        try:
+            with session.lock:
+                key = self.service.add_image(image)
+                embedded = self.service.embed(model_name, key, path)
+                h, w = image.shape[:2]
+                session.set_image(ImageRef(key, w, h, name, path), model_name)
+                view = self.view(session, None)
+        finally:
+            session.job = None
         view.update(token=session.token, image={"key": key, "width": w, "height": h, "name": name}, rid=rid)
         if send_image:
             view["image"]["src"] = image_data_url(image)
@@ -263,28 +322,53 @@ class CanvasServer:
         path.write_bytes(build_zip(image, objects, ref.name))
         return path
 
-    def everything(self, session: AppSession | None, progress=None, **generator_args) -> dict[str, Any]:
-        """Segment everything in the session's image -> the view with an "everything" label image."""
+    def everything(
+        self, session: AppSession | None, progress=None, run: int | None = None, **generator_args
+    ) -> dict[str, Any]:
+        """Segment everything in the session's image -> the view with an "everything" label image.
+
+        progress(done, total) is called between batches of points; a cancel request for `run` (see sam_act)
+        stops the run there with Cancelled, the session unchanged.
+        """
         from ..masks import rle_to_mask
 
         if not isinstance(session, AppSession) or session.image is None:
             raise ValueError("upload an image first")
-        with session.lock:
-            ref = session.image
-            records = everything(self.service, session.model_name, ref.key, ref.path, progress, **generator_args)
-            masks = [(rle_to_mask(r["segmentation"]), r["predicted_iou"]) for r in records]
-            session.set_everything(masks)
-            size = display_size(ref.height, ref.width)
-            shown = [_resize(m, size) for m, _ in masks[: len(session.everything)]]
-            colors = [color(i) for i in range(len(shown))]
-            view = self.view(session, None)
+
+        def report(done: int, total: int) -> None:
+            session.progress = (done, total)
+            if run is not None and session.cancel_run == run:
+                raise Cancelled("Segment everything was cancelled; nothing was changed.")
+            if progress is not None:
+                progress(done, total)
+
+        if session.job is not None:
+            raise ValueError(BUSY[session.job])
+        session.job, session.progress = "everything", None
+        try:
+            with session.lock:
+                ref, model_name = session.image, session.model_name
+                records = everything(self.service, model_name, ref.key, ref.path, report, owner=session.token,
+                                     **generator_args)
+                masks = [(rle_to_mask(r["segmentation"]), r["predicted_iou"]) for r in records]
+                session.set_everything(masks)
+                size = display_size(ref.height, ref.width)
+                shown = [_resize(m, size) for m, _ in masks[: len(session.everything)]]
+                colors = [color(i) for i in range(len(shown))]
+                view = self.view(session, None)
+        finally:
+            session.job = session.progress = None
         view.update(token=session.token, image={"key": ref.key, "width": ref.width, "height": ref.height})
         view["everything"] = {
             "png": label_data_url(shown, colors) if shown else None,
             "colors": ["#{:02x}{:02x}{:02x}".format(*c) for c in colors],
             "scores": [round(o.score, 4) for o in session.everything],
         }
-        view["message"] = f"{len(shown)} masks: click one to make it an object." if shown else "No masks found."
+        n = len(shown)
+        view["message"] = (
+            f"{n} mask{'s' if n != 1 else ''} from {model_name}: click one to make it an object." if n
+            else f"{model_name} found no masks in this image."
+        )
         return view
 
     def status(self, model_name: str, embedded: Embedded | None = None) -> str:
@@ -302,6 +386,20 @@ class CanvasServer:
         if info["random"]:
             line = "⚠️ RANDOM WEIGHTS (masks are meaningless; for tests and development) · " + line
         return line
+
+
+class Cancelled(Exception):
+    """The page asked to stop a running job."""
+
+
+BUSY = {  # what a request made while a job runs is told
+    "image": "Wait: the image is still loading.",
+    "everything": "Wait: segment everything is running (or cancel it).",
+}
+
+
+def _pngs(masks: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
+    return [{"png": mask_data_url(m), "score": round(float(s), 4)} for m, s in zip(masks, scores)]
 
 
 def _resize(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -1,10 +1,13 @@
 """Helpers for tests that run the app: `python app.py` as a subprocess on loopback, headless Chromium.
 
 The app is started the way users start it (`python app.py --model NAME`), with HF_ENDPOINT pointing at a
-LocalHub (tests/hub.py) that serves random checkpoints under the published repo ids.
+LocalHub (tests/hub.py) that serves random checkpoints under the published repo ids. The accessibility
+audit runs axe-core (npm), installed into the repository's git-ignored node_modules by .ci/run.
 """
 
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -14,6 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from tests.helpers.hub import Checkpoints, LocalHub, hub_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,6 +27,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-sync"]
 CANVAS = ".sam-canvas"
 DEBUG = "document.querySelector('.sam-canvas').samDebug"
+AXE_VERSION = "4.14.1"  # the same in .ci/run
+AXE = REPO / "node_modules" / "axe-core"
 
 
 def free_port() -> int:
@@ -46,6 +53,51 @@ def published_hub(checkpoints: Checkpoints, overrides: dict[str, Path] | None = 
 def served_default(checkpoints: Checkpoints) -> Path:
     """The checkpoint `published_hub` serves as the app's default model, sam-vit-base (first known model: seed 0)."""
     return checkpoints.transformers("tiny", 0)
+
+
+class Expected:
+    """What Meta's predictor API gives for prompts on one image, with the checkpoint the app downloaded."""
+
+    def __init__(self, folder, image_path):
+        from sam import SamPredictor
+        from sam.app.service import read_image
+        from sam.weights import load_model
+
+        self.predictor = SamPredictor(load_model(str(folder)))
+        self.predictor.set_image(read_image(image_path))
+
+    def predict(self, prompts, mask_input=None, multimask=None):
+        """Prompts as the page lists them -> (masks, scores, low-res logits) of SamPredictor.predict."""
+        import numpy as np
+
+        from sam.app.threads import torch_threads
+
+        points = [p["coords"] for p in prompts if p["kind"] == "point"]
+        labels = [p["label"] for p in prompts if p["kind"] == "point"]
+        boxes = [p["coords"] for p in prompts if p["kind"] == "box"]
+        if multimask is None:
+            multimask = len(prompts) == 1 and prompts[0]["kind"] == "point"
+        with torch_threads(1):  # as the app decodes (SAM_DECODE_THREADS), so that masks compare exactly
+            return self.predictor.predict(
+                np.array(points) if points else None,
+                np.array(labels) if labels else None,
+                np.array(boxes[-1]) if boxes else None,
+                mask_input=mask_input,
+                multimask_output=multimask,
+            )
+
+
+def assert_drawn(page, which, mask) -> None:
+    """The page's mask layer equals HxW bool `mask` (pixel count and extent), and it is painted on the overlay."""
+    import numpy as np
+
+    info = mask_info(page, which)
+    ys, xs = np.nonzero(mask)
+    assert (info["width"], info["height"]) == (mask.shape[1], mask.shape[0])
+    assert info["count"] == int(mask.sum())
+    assert info["box"] == [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+    y, x = ys[len(ys) // 2], xs[len(xs) // 2]
+    assert page.evaluate(f"{DEBUG}.pixelAt({x + 0.5}, {y + 0.5})")[3] > 0  # painted where the mask is
 
 
 def default_predictor(checkpoints: Checkpoints):
@@ -102,19 +154,58 @@ def app_on_hub(checkpoints: Checkpoints, tmp: Path, args: list[str], overrides: 
             yield url
 
 
+def app_fixture(**env: str):
+    """A module-scoped fixture giving the URL of `python app.py --model sam-vit-base` on a loopback Hub of
+    tiny random checkpoints, with `env` added to its environment. Assign it to `app_url` in a test module."""
+
+    @pytest.fixture(scope="module")
+    def app_url(checkpoints, tmp_path_factory):
+        tmp = tmp_path_factory.mktemp("app")
+        with app_on_hub(checkpoints, tmp, ["--model", "sam-vit-base"], extra_env=env) as url:
+            yield url
+
+    return app_url
+
+
+@pytest.fixture(scope="module", name="browser")
+def browser_fixture():
+    """`browser`: headless Chromium, one per test module that imports this."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = launch_chromium(p)
+        yield b
+        b.close()
+
+
+@pytest.fixture(name="page")
+def page_fixture(browser, app_url):
+    """`page`: the module's app (its app_url fixture) in a fresh 1280x900 page, with no page errors at the end."""
+    page = open_app(browser, app_url, viewport=(1280, 900))
+    yield page
+    assert page.errors == []
+    page.context.close()
+
+
 def launch_chromium(playwright):
     return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
 
 
-def open_app(browser, url: str, viewport=(1200, 1000)):
+def open_app(browser, url: str, viewport=(1200, 1000), **context_args):
     """A new context and page on the app, with page errors collected in page.errors."""
-    context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]}, accept_downloads=True)
+    size = {"width": viewport[0], "height": viewport[1]}
+    context = browser.new_context(**{"viewport": size, "accept_downloads": True, **context_args})
     page = context.new_page()
     page.errors = []
     page.on("pageerror", lambda e: page.errors.append(str(e)))
     page.goto(url)
     page.wait_for_selector(CANVAS)
     return page
+
+
+def open_phone(browser, url: str):
+    """The app in a 390x844 touch screen (a phone), with page errors collected in page.errors."""
+    return open_app(browser, url, viewport=(390, 844), has_touch=True, is_mobile=True)
 
 
 def upload(page, path: Path | str, timeout_ms: int = 120_000) -> None:
@@ -158,6 +249,64 @@ def state(page) -> dict:
 
 def mask_info(page, which) -> dict | None:
     return page.evaluate(f"{DEBUG}.maskInfo({which!r})" if isinstance(which, str) else f"{DEBUG}.maskInfo({which})")
+
+
+def choose_model(page, name: str) -> None:
+    """Pick `name` in the page's model picker."""
+    page.locator("#sam-model input").click()
+    page.locator(f"#sam-model li[role=option][aria-label='{name}']").click()
+
+
+class Held:
+    """Requests to URLs matching `pattern`, held (not sent) until release(): what the page does meanwhile."""
+
+    def __init__(self, page, pattern: str) -> None:
+        self.page, self.pattern, self.routes, self.released = page, pattern, [], False
+        page.route(pattern, self._hold)
+
+    def _hold(self, route) -> None:
+        route.continue_() if self.released else self.routes.append(route)
+
+    def wait(self, n: int = 1, timeout_ms: int = 30_000) -> None:
+        """Wait until n requests are held."""
+        deadline = time.monotonic() + timeout_ms / 1000
+        while len(self.routes) < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(self.routes)} of {n} requests to {self.pattern} in {timeout_ms} ms")
+            self.page.wait_for_timeout(50)
+
+    def release(self) -> None:
+        self.released = True
+        for route in self.routes:
+            route.continue_()
+        self.page.unroute(self.pattern, self._hold)
+
+
+def axe_script() -> str:
+    """axe-core's browser script, pinned; `npm install` puts it in node_modules when it is not there yet."""
+    package = AXE / "package.json"
+    if not package.is_file() or json.loads(package.read_text())["version"] != AXE_VERSION:
+        npm = shutil.which("npm")
+        if npm is None:
+            raise RuntimeError(f"the accessibility audit needs axe-core: npm install --no-save axe-core@{AXE_VERSION}")
+        subprocess.run([npm, "install", "--no-save", f"axe-core@{AXE_VERSION}"], cwd=REPO, check=True,
+                       capture_output=True, timeout=300)
+    return (AXE / "axe.min.js").read_text()
+
+
+def axe_violations(page, impacts: tuple[str, ...] = ("serious", "critical"), context: str | None = None) -> list[dict]:
+    """Accessibility violations of these impacts in the page (or the elements matching `context`), by
+    axe-core: [{id, impact, help, nodes}]."""
+    if not page.evaluate("typeof axe !== 'undefined'"):
+        page.add_script_tag(content=axe_script())
+    return page.evaluate(
+        """async ([impacts, context]) => (await axe.run(context || document, { resultTypes: ['violations'] }))
+            .violations
+            .filter((v) => impacts.includes(v.impact))
+            .map((v) => ({ id: v.id, impact: v.impact, help: v.help,
+                           nodes: v.nodes.map((n) => n.target.join(' ')) }))""",
+        [list(impacts), context],
+    )
 
 
 def env_without_hub() -> dict[str, str]:

@@ -1,26 +1,40 @@
-// The SAM canvas (runs as gr.HTML's js_on_load, given element, trigger, props, server, upload, watch).
+// The SAM canvas: gr.HTML's js_on_load (given element, trigger, props, server, upload, watch), in three files
+// sharing one scope: canvas.js (state, masks, drawing, talking to the server, long jobs), panel.js (candidate
+// masks, objects, segment everything) and input.js (pointer, touch, keys, toolbar, image files).
 // The image is shown from the user's own file (or sent once for examples); each click or hover asks the
 // server (server.sam_act) for small 1-bit PNG masks, which are coloured and drawn here over the image.
 // Requests go one at a time, clicks before hovers, so the server never sees one page's actions out of order.
-const root = element.querySelector('.sam-canvas');
+// Each request names the image it was made on, and answers about another image are dropped.
+const root = element;
+root.classList.add('sam-canvas');
 const q = (sel) => root.querySelector(sel);
 const img = q('.sam-img');
 const overlay = q('.sam-overlay');
 const ctx = overlay.getContext('2d');
+const stage = q('.sam-stage');
 const CANDIDATE = '#1e90ff';
 const HOVER = '#ffd400';
 const DRAG_PX = 6; // pointer travel that turns a click into a box
 const HOVER_MS = 30; // resting time before a hover preview is asked for
 const TIMEOUT_MS = 120000;
+const OPACITY = 35; // objects' fill, percent (each object has its own slider)
+const BUSY_NOTE = {
+  image: 'Wait: the image is still loading.',
+  everything: 'Wait: segment everything is running (or press Cancel).',
+};
 
 const S = {
-  token: null, width: 0, height: 0, ready: false, rid: 0,
-  prompts: [], candidates: [], selected: 0, objects: [], objectsVersion: -1,
-  hover: null, hoverId: 0, hoverTimer: null, negative: false, hoverOn: true,
+  token: null, imageKey: null, imageName: '', width: 0, height: 0, ready: false, rid: 0,
+  prompts: [], candidates: [], selected: 0, model: '',
+  first: [], firstSelected: 0, firstVersion: -1, // the first click's three masks, while later prompts refine one
+  objects: [], objectsVersion: -1, styles: new Map(), // object id -> {hidden, opacity}
+  hover: null, hoverId: 0, hoverTimer: null, mode: 'positive', hoverOn: true,
   drag: null, queue: [], pendingHover: null, inflight: null, seq: 0,
   timings: [], layers: new Map(), message: '', error: false,
-  everything: null, everythingOn: false, // "segment everything": a label image, shown or not
+  everything: null, everythingOn: false, under: -1, // segment everything: label image, shown, mask under cursor
+  job: null, runs: 0, // a long job: {kind: 'image' | 'everything', t0, text, run, progress}
   pending: null, // an upload the server has not accepted yet: {rid, url, prev: {src, width, height}}
+  cursor: null, pointerIn: false, // the keyboard's cursor (image pixels); the pointer is over the tool
 };
 
 // ---- masks -----------------------------------------------------------------------------------------
@@ -40,13 +54,29 @@ async function layer(url, color) {
   g.fillStyle = color;
   g.fillRect(0, 0, c.width, c.height);
   c.dataset.key = key;
+  c.dataset.color = color;
   S.layers.set(key, c);
   return c;
 }
 
+// The mask's edge, 2 mask pixels wide, in its colour (made once per layer).
+function outline(c) {
+  if (c.outline) return c.outline;
+  const o = document.createElement('canvas');
+  o.width = c.width;
+  o.height = c.height;
+  const g = o.getContext('2d');
+  for (const [dx, dy] of [[-2, 0], [2, 0], [0, -2], [0, 2], [-1, -1], [1, 1], [-1, 1], [1, -1]]) g.drawImage(c, dx, dy);
+  g.globalCompositeOperation = 'destination-out';
+  g.drawImage(c, 0, 0);
+  c.outline = o;
+  return o;
+}
+
 function pruneLayers() {
   const used = new Set();
-  for (const m of [...S.candidates, ...S.objects, S.hover]) if (m && m.layer) used.add(m.layer.dataset.key);
+  const all = [...S.candidates, ...S.first, ...S.objects, S.hover];
+  for (const m of all) if (m && m.layer) used.add(m.layer.dataset.key);
   for (const k of [...S.layers.keys()]) if (!used.has(k)) S.layers.delete(k);
 }
 
@@ -66,13 +96,26 @@ function draw() {
   if ((!S.ready && !S.width) || S.pending) return updateDom();
   ctx.imageSmoothingEnabled = false;
   const paint = (c, alpha) => { ctx.globalAlpha = alpha; ctx.drawImage(c, 0, 0, W, H); };
-  if (S.everything && S.everythingOn) paint(S.everything.layer, 0.55);
-  for (const o of S.objects) paint(o.layer, 0.45);
+  if (S.everything && S.everythingOn) {
+    paint(S.everything.layer, 0.45);
+    const h = S.under >= 0 ? highlight(S.under) : null;
+    if (h) { paint(h, 0.35); paint(outline(h), 1); }
+  }
+  for (const o of S.objects) {
+    const style = objectStyle(o);
+    if (style.hidden) continue;
+    paint(o.layer, style.opacity / 100);
+    paint(outline(o.layer), 1);
+  }
   const cand = S.candidates[S.selected];
-  if (cand && cand.layer) paint(cand.layer, 0.5);
+  if (cand && cand.layer) { paint(cand.layer, 0.45); paint(outline(cand.layer), 1); }
   if (S.hover && S.hoverOn) paint(S.hover.layer, 0.4);
   ctx.globalAlpha = 1;
-  const sx = W / S.width, sy = H / S.height, dpr = window.devicePixelRatio || 1;
+  drawPrompts(W / S.width, H / S.height, window.devicePixelRatio || 1);
+  updateDom();
+}
+
+function drawPrompts(sx, sy, dpr) {
   const box = S.drag && S.drag.moved ? S.drag.box : (S.prompts.filter((p) => p.kind === 'box').pop() || {}).coords;
   if (box) {
     ctx.lineWidth = 2 * dpr;
@@ -91,7 +134,16 @@ function draw() {
     ctx.strokeStyle = '#ffffff';
     ctx.stroke();
   }
-  updateDom();
+  if (S.cursor && document.activeElement === stage) { // the keyboard's cursor: a cross, white on black
+    const x = S.cursor.x * sx, y = S.cursor.y * sy, r = 9 * dpr;
+    for (const [color, width] of [['#000000', 4], ['#ffffff', 2]]) {
+      ctx.beginPath();
+      ctx.moveTo(x - r, y); ctx.lineTo(x + r, y); ctx.moveTo(x, y - r); ctx.lineTo(x, y + r);
+      ctx.lineWidth = width * dpr;
+      ctx.strokeStyle = color;
+      ctx.stroke();
+    }
+  }
 }
 
 function updateDom() {
@@ -103,67 +155,104 @@ function updateDom() {
   d.prompts = String(S.prompts.length);
   d.hover = S.hover && S.hoverOn ? '1' : '0';
   d.busy = S.inflight ? '1' : '0';
+  d.job = S.job ? S.job.kind : '';
   q('.sam-empty').hidden = !!S.width;
   const msg = q('.sam-message');
-  msg.textContent = S.message;
+  if (msg.textContent !== S.message) msg.textContent = S.message;
   msg.classList.toggle('sam-error', S.error);
-}
-
-function renderCandidates() {
-  const box = q('.sam-candidates');
-  box.replaceChildren();
-  if (S.candidates.length < 2) return;
-  S.candidates.forEach((c, i) => {
-    const b = document.createElement('button');
-    b.type = 'button';
-    b.className = 'sam-cand' + (i === S.selected ? ' sam-active' : '');
-    b.textContent = 'Mask ' + (i + 1) + ' · IoU ' + c.score.toFixed(2);
-    b.addEventListener('click', async () => {
-      S.selected = i;
-      renderCandidates();
-      if (!c.layer) await c.ready;
-      draw();
-      enqueue({ type: 'choose', index: i });
-    });
-    box.appendChild(b);
-  });
-}
-
-function renderObjects() {
-  const list = q('.sam-objects');
-  list.replaceChildren();
-  S.objects.forEach((o, i) => {
-    const li = document.createElement('li');
-    const sw = document.createElement('span');
-    sw.className = 'sam-swatch';
-    sw.style.background = o.color;
-    const name = document.createElement('span');
-    name.className = 'sam-obj-name';
-    name.textContent = o.name + ' · IoU ' + o.score.toFixed(2) + ' · ' + o.area + ' px';
-    const del = document.createElement('button');
-    del.type = 'button';
-    del.className = 'sam-del';
-    del.title = 'Delete ' + o.name;
-    del.textContent = '×';
-    del.addEventListener('click', () => enqueue({ type: 'delete', index: i }));
-    li.append(sw, name, del);
-    list.appendChild(li);
-  });
+  img.alt = S.imageName ? 'The image to segment: ' + S.imageName : '';
 }
 
 function say(text, error = false) { S.message = text || ''; S.error = !!error && !!text; updateDom(); }
 
+// ---- long jobs: an image loading, segment everything ---------------------------------------------------
+// While one runs the canvas shows what it is, for how long, and (segment everything) how far it is, with a
+// Cancel; clicks and keys are refused with a note, and nothing queued for the previous image is sent.
+function startJob(kind, text) {
+  endJob();
+  S.job = { kind, t0: performance.now(), text, run: kind === 'everything' ? ++S.runs : null, progress: null };
+  S.queue = [];
+  S.pendingHover = null;
+  S.hover = null;
+  S.hoverId++;
+  S.drag = null;
+  clearTimeout(S.hoverTimer);
+  S.job.timer = setInterval(tickJob, 250);
+  if (kind === 'everything') S.job.poll = setInterval(pollProgress, 500);
+  q('.sam-busy-text').textContent = text;
+  tickJob();
+  draw();
+}
+
+function jobText(text) {
+  if (!S.job) return;
+  S.job.text = text;
+  q('.sam-busy-text').textContent = text;
+  tickJob();
+}
+
+function tickJob() {
+  const j = S.job;
+  q('.sam-busy').hidden = !j;
+  if (!j) return;
+  // No answer (the queue refused the event, or the connection dropped): the page is not left waiting.
+  const now = performance.now();
+  if ((j.kind === 'image' && now - j.t0 > TIMEOUT_MS) || (j.over && now - j.over > 10000)) {
+    endJob();
+    return say('The server did not answer; try again.', true);
+  }
+  const seconds = Math.floor((now - j.t0) / 1000);
+  const bar = q('.sam-progress');
+  const [done, total] = j.progress || [0, 0];
+  bar.hidden = j.kind !== 'everything';
+  if (total) bar.value = done / total; else bar.removeAttribute('value'); // no value: "working", no amount
+  q('.sam-busy-time').textContent = (total ? done + ' of ' + total + ' points · ' : '') + seconds + ' s';
+  q('.sam-cancel').hidden = j.kind !== 'everything';
+}
+
+function endJob() {
+  if (!S.job) return;
+  clearInterval(S.job.timer);
+  clearInterval(S.job.poll);
+  S.job = null;
+  tickJob();
+  updateDom();
+}
+
+async function pollProgress() {
+  const j = S.job;
+  if (!j || j.kind !== 'everything' || j.polling) return;
+  j.polling = true;
+  try {
+    const res = await server.sam_act({ type: 'progress', token: S.token });
+    if (S.job === j && res && res.progress) j.progress = res.progress;
+    if (res && res.job === 'everything') j.running = true;
+    else if (j.running && !j.over) j.over = performance.now(); // the run ended: its answer is on its way
+  } catch (e) { /* the next poll tries again */ }
+  j.polling = false;
+  tickJob();
+}
+
+function refuseDuringJob() {
+  if (!S.job) return false;
+  say(BUSY_NOTE[S.job.kind], true);
+  return true;
+}
+
 // ---- talking to the server -------------------------------------------------------------------------------
 function enqueue(action) {
+  if (refuseDuringJob()) return;
   if (!S.ready) return say('Upload an image or pick an example first.', true);
   action.seq = ++S.seq;
   action.t0 = action.t0 || performance.now();
+  action.key = S.imageKey;
   S.queue.push(action);
   pump();
 }
 
 function requestHover(x, y, t0) {
-  S.pendingHover = { type: 'hover', x, y, hid: ++S.hoverId, t0 };
+  if (S.job || !S.ready) return;
+  S.pendingHover = { type: 'hover', x, y, hid: ++S.hoverId, t0, key: S.imageKey };
   pump();
 }
 
@@ -176,9 +265,10 @@ async function pump() {
   if (req === S.pendingHover) S.pendingHover = null;
   S.inflight = req;
   updateDom();
-  const { t0, hid, ...body } = req;
+  const { t0, hid, kbd, ...body } = req;
   body.token = S.token;
   body.objects_version = S.objectsVersion;
+  body.first_version = S.firstVersion;
   let res;
   try {
     res = await Promise.race([server.sam_act(body), timeout(TIMEOUT_MS)]);
@@ -211,13 +301,14 @@ async function candidateMasks(list, selected) {
 }
 
 async function apply(req, res) {
+  if (res.stale || req.key !== S.imageKey) return; // made on an image the page no longer shows
   if (res.error) {
     if (res.expired) { S.ready = false; S.token = null; }
     if (req.type !== 'hover') say(res.error, true);
     return;
   }
   if (req.type === 'hover') {
-    if (req.hid !== S.hoverId || S.queue.length || !S.hoverOn || S.drag) return; // the cursor moved on
+    if (req.hid !== S.hoverId || S.queue.length || !S.hoverOn || S.drag || S.job) return; // the cursor moved on
     const hover = (await masks([res.hover], HOVER))[0];
     if (req.hid !== S.hoverId) return;
     S.hover = { ...hover, x: req.x, y: req.y };
@@ -227,57 +318,33 @@ async function apply(req, res) {
   }
   await applyState(res);
   record(req.type, req, res);
-  if (req.type === 'add' && !res.error) q('.sam-name').value = '';
+  if (req.type === 'add') q('.sam-name').value = '';
+  if (req.type === 'pick') everythingPicked(req.index);
+  if (req.kbd && !res.message) say('Added a ' + (req.label ? 'positive' : 'negative') + ' point at ' + req.x + ', ' + req.y + '.');
 }
 
 async function applyState(v) {
-  const [cands, objs] = await Promise.all([
+  const [cands, first, objs] = await Promise.all([
     'candidates' in v ? candidateMasks(v.candidates, 'selected' in v ? v.selected : S.selected) : null,
+    'first' in v ? masks(v.first, CANDIDATE) : null,
     'objects' in v ? masks(v.objects) : null,
   ]);
   if (v.everything) await setEverything(v.everything);
   if (cands) S.candidates = cands;
-  if (objs) { S.objects = objs; S.objectsVersion = v.objects_version; renderObjects(); }
-  if ('prompts' in v) S.prompts = v.prompts;
   if ('selected' in v) S.selected = v.selected;
+  if ('prompts' in v) S.prompts = v.prompts;
+  if ('model' in v) S.model = v.model;
+  if ('first_version' in v) S.firstVersion = v.first_version;
+  if (first) S.first = first;
+  else if ('prompts' in v && v.prompts.length <= 1) S.first = S.candidates.length === 3 ? S.candidates : [];
+  if ('first_selected' in v) S.firstSelected = v.first_selected;
+  else if ('prompts' in v && v.prompts.length <= 1) S.firstSelected = S.selected;
+  if (objs) { S.objects = objs; S.objectsVersion = v.objects_version; renderObjects(); }
   if ('candidates' in v || 'prompts' in v) S.hover = null;
   renderCandidates();
   pruneLayers();
   say(v.message || '');
   draw();
-}
-
-async function setEverything(e) {
-  S.everything = null;
-  if (e.png) {
-    const im = new Image();
-    im.src = e.png;
-    await im.decode();
-    const c = document.createElement('canvas');
-    c.width = im.naturalWidth;
-    c.height = im.naturalHeight;
-    c.getContext('2d', { willReadFrequently: true }).drawImage(im, 0, 0);
-    const index = new Map(e.colors.map((hex, i) => [parseInt(hex.slice(1), 16), i]));
-    S.everything = { layer: c, index, count: e.colors.length };
-  }
-  S.everythingOn = !!S.everything;
-  everythingButton();
-}
-
-// The everything mask under image pixel (x, y): its index, or -1.
-function labelAt(x, y) {
-  const e = S.everything;
-  if (!e) return -1;
-  const px = Math.min(e.layer.width - 1, Math.floor((x * e.layer.width) / S.width));
-  const py = Math.min(e.layer.height - 1, Math.floor((y * e.layer.height) / S.height));
-  const d = e.layer.getContext('2d').getImageData(px, py, 1, 1).data;
-  if (d[3] === 0) return -1;
-  const i = e.index.get((d[0] << 16) | (d[1] << 8) | d[2]);
-  return i === undefined ? -1 : i;
-}
-
-function everythingButton() {
-  q('.sam-everything').textContent = S.everything && S.everythingOn ? 'Hide everything' : 'Everything';
 }
 
 // ms: from the user's action to the answer drawn; answer_ms: to the answer received; server_ms: the server's work.
@@ -287,17 +354,20 @@ function record(type, req, res) {
   if (S.timings.length > 1000) S.timings.shift();
 }
 
-// A new view from a queued event (image upload, example, model change): props.value is set by Python.
+// A new view from a queued event (image upload, example, model change, segment everything): props.value is
+// set by Python, with `job` naming the event and `n` making each answer differ from the one before.
 watch('value', async () => {
   const v = props.value;
   if (!v || typeof v !== 'object') return;
   if (v.rid && v.rid !== S.rid) return; // an answer to an upload that was replaced since
   if (!v.rid && v.image && v.image.src) S.rid++; // an example replaces any upload still on its way
-  q('.sam-busy').hidden = true;
+  if (S.job && v.job === S.job.kind) endJob();
   if (v.error) {
     if (S.pending && v.rid === S.pending.rid) restorePrevious();
-    return say(v.error, true);
+    if (!v.in_status) say(v.error, true); // a model that cannot be loaded is explained in the status line
+    return;
   }
+  if (v.cancelled) return say(v.message);
   if (!v.token || !v.image) return;
   S.pending = null;
   const fresh = v.token !== S.token || v.image.key !== S.imageKey;
@@ -305,216 +375,28 @@ watch('value', async () => {
   S.imageKey = v.image.key;
   S.width = v.image.width;
   S.height = v.image.height;
+  if (v.image.name) S.imageName = v.image.name;
   if (v.image.src) {
     img.src = v.image.src;
     try { await img.decode(); } catch (e) { return say('The browser could not show this image.', true); }
   }
-  if (fresh) { S.queue = []; S.pendingHover = null; S.hover = null; S.everything = null; S.everythingOn = false; everythingButton(); }
+  if (fresh) {
+    S.queue = []; S.pendingHover = null; S.hover = null; S.cursor = null; S.first = []; S.firstVersion = -1;
+    S.everything = null; S.everythingOn = false; S.styles.clear(); everythingButton();
+  }
   S.ready = true;
   await applyState(v);
+  if (fresh) showStage();
 });
 
-// ---- loading images ---------------------------------------------------------------------------------------
-// A new file is shown at once, but it replaces the current image, prompts and objects only when the server
-// has read it: when it cannot (a damaged file, too many pixels...) the page goes back to what it had.
-async function loadFile(file) {
-  if (!file) return;
-  if (!file.type || !file.type.startsWith('image/')) return say('That is not an image file.', true);
-  const url = URL.createObjectURL(file);
-  const probe = new Image();
-  probe.src = url;
-  const wasReady = S.ready;
-  S.ready = false; // no prompts until the new image is in
-  updateDom();
-  try {
-    await probe.decode();
-  } catch (e) {
-    URL.revokeObjectURL(url);
-    S.ready = wasReady;
-    return say('The browser cannot show this image; try a PNG or JPEG.', true);
-  }
-  const rid = ++S.rid;
-  if (!S.pending) S.pending = { prev: { src: img.getAttribute('src'), width: S.width, height: S.height } };
-  Object.assign(S.pending, { rid, url });
-  img.src = url;
-  S.width = probe.naturalWidth;
-  S.height = probe.naturalHeight;
-  draw();
-  const busy = q('.sam-busy');
-  busy.hidden = false;
-  busy.textContent = 'Uploading…';
-  say('');
-  try {
-    const { path } = await upload(file);
-    if (rid !== S.rid) return;
-    busy.textContent = 'Computing the image embedding…';
-    trigger('image', { path, name: file.name || 'image', rid });
-  } catch (e) {
-    if (rid !== S.rid) return;
-    busy.hidden = true;
-    restorePrevious();
-    say('Upload failed: ' + (e && e.message ? e.message : e), true);
-  }
+// The image's top in view (after a thumbnail far below it was chosen, on a phone).
+function showStage() {
+  const r = stage.getBoundingClientRect();
+  if (r.top < 0 || r.top > window.innerHeight * 0.6) stage.scrollIntoView({ block: 'start' });
 }
 
-function restorePrevious() {
-  const { prev } = S.pending;
-  S.pending = null;
-  if (prev.src) img.src = prev.src; else img.removeAttribute('src');
-  S.width = prev.width;
-  S.height = prev.height;
-  S.ready = !!S.token;
-  draw();
+// The status line (a Gradio component beside the model picker) is announced when it changes.
+function liveStatus() {
+  const status = document.getElementById('sam-status');
+  if (status && !status.hasAttribute('role')) { status.setAttribute('role', 'status'); status.setAttribute('aria-live', 'polite'); }
 }
-
-const fileInput = q('.sam-file');
-q('.sam-upload').addEventListener('click', () => fileInput.click());
-fileInput.addEventListener('change', () => { loadFile(fileInput.files[0]); fileInput.value = ''; });
-const stage = q('.sam-stage');
-stage.addEventListener('dragover', (e) => { e.preventDefault(); stage.classList.add('sam-drop'); });
-stage.addEventListener('dragleave', () => stage.classList.remove('sam-drop'));
-stage.addEventListener('drop', (e) => {
-  e.preventDefault();
-  stage.classList.remove('sam-drop');
-  loadFile(e.dataTransfer && e.dataTransfer.files[0]);
-});
-document.addEventListener('paste', (e) => {
-  if (!document.body.contains(root)) return;
-  const t = e.target;
-  if (t && (t.tagName === 'INPUT' || t.tagName === 'TEXTAREA' || t.isContentEditable)) return;
-  const item = [...(e.clipboardData ? e.clipboardData.items : [])].find((i) => i.type.startsWith('image/'));
-  if (item) { e.preventDefault(); loadFile(item.getAsFile()); }
-});
-
-// ---- pointer: click = point, drag = box, rest = hover preview ---------------------------------------------
-function toImage(e) {
-  const r = overlay.getBoundingClientRect();
-  const x = ((e.clientX - r.left) * S.width) / r.width;
-  const y = ((e.clientY - r.top) * S.height) / r.height;
-  const r2 = (v) => Math.round(v * 100) / 100; // the server echoes 2 decimals: send exactly those
-  return [r2(Math.min(Math.max(x, 0), S.width)), r2(Math.min(Math.max(y, 0), S.height))];
-}
-
-overlay.addEventListener('contextmenu', (e) => e.preventDefault());
-overlay.addEventListener('pointerdown', (e) => {
-  if (!S.ready || (e.button !== 0 && e.button !== 2)) return;
-  e.preventDefault();
-  overlay.setPointerCapture(e.pointerId);
-  clearTimeout(S.hoverTimer);
-  const [x, y] = toImage(e);
-  S.drag = { x, y, cx: e.clientX, cy: e.clientY, button: e.button, moved: false, box: null };
-});
-overlay.addEventListener('pointermove', (e) => {
-  if (!S.ready) return;
-  const [x, y] = toImage(e);
-  if (S.drag) {
-    const d = S.drag;
-    if (!d.moved && Math.hypot(e.clientX - d.cx, e.clientY - d.cy) > DRAG_PX && d.button === 0) d.moved = true;
-    if (d.moved) {
-      d.box = [Math.min(d.x, x), Math.min(d.y, y), Math.max(d.x, x), Math.max(d.y, y)];
-      S.hover = null;
-      draw();
-    }
-    return;
-  }
-  if (!S.hoverOn || (S.everything && S.everythingOn)) return;
-  const t0 = performance.now();
-  clearTimeout(S.hoverTimer);
-  S.hoverTimer = setTimeout(() => requestHover(x, y, t0), HOVER_MS);
-});
-overlay.addEventListener('pointerup', (e) => {
-  const d = S.drag;
-  if (!d) return;
-  S.drag = null;
-  const t0 = performance.now();
-  if (d.moved && d.box) {
-    enqueue({ type: 'box', box: d.box, t0 });
-  } else if (S.everything && S.everythingOn) {
-    const i = labelAt(d.x, d.y); // with everything shown, a click picks the mask under it
-    if (i >= 0) enqueue({ type: 'pick', index: i, t0 });
-  } else {
-    const negative = d.button === 2 || S.negative;
-    enqueue({ type: 'point', x: d.x, y: d.y, label: negative ? 0 : 1, t0 });
-  }
-  S.hover = null;
-  S.hoverId++;
-  draw();
-});
-overlay.addEventListener('pointerleave', () => {
-  clearTimeout(S.hoverTimer);
-  S.hoverId++;
-  if (S.hover) { S.hover = null; draw(); }
-});
-
-// ---- toolbar ---------------------------------------------------------------------------------------------
-const modeBtn = q('.sam-mode');
-function setMode(negative) {
-  S.negative = negative;
-  modeBtn.textContent = negative ? '− Negative point' : '+ Positive point';
-  modeBtn.setAttribute('aria-pressed', negative ? 'true' : 'false');
-  modeBtn.classList.toggle('sam-negative', negative);
-}
-modeBtn.addEventListener('click', () => setMode(!S.negative));
-q('.sam-hover-toggle').addEventListener('change', (e) => {
-  S.hoverOn = e.target.checked;
-  if (!S.hoverOn) { S.hover = null; S.hoverId++; draw(); }
-});
-q('.sam-undo').addEventListener('click', () => enqueue({ type: 'undo' }));
-q('.sam-everything').addEventListener('click', () => {
-  if (!S.ready) return say('Upload an image or pick an example first.', true);
-  if (S.everything) {
-    S.everythingOn = !S.everythingOn;
-    everythingButton();
-    return draw();
-  }
-  const busy = q('.sam-busy');
-  busy.hidden = false;
-  busy.textContent = 'Segmenting everything…';
-  trigger('everything', { token: S.token });
-});
-q('.sam-clear').addEventListener('click', () => enqueue({ type: 'clear' }));
-q('.sam-add').addEventListener('click', () => enqueue({ type: 'add', name: q('.sam-name').value }));
-q('.sam-name').addEventListener('keydown', (e) => { if (e.key === 'Enter') q('.sam-add').click(); });
-root.addEventListener('keydown', (e) => {
-  const t = e.target;
-  if (t && (t.tagName === 'INPUT' || t.tagName === 'TEXTAREA')) return;
-  if ((e.ctrlKey || e.metaKey) && e.key === 'z') { e.preventDefault(); enqueue({ type: 'undo' }); }
-  else if (e.key === 'n') setMode(!S.negative);
-});
-new ResizeObserver(() => draw()).observe(img);
-setMode(false);
-updateDom();
-
-// For tests and benchmarks: read what is drawn without reaching into the closure.
-root.samDebug = {
-  state: () => ({
-    ready: S.ready, width: S.width, height: S.height, prompts: S.prompts, selected: S.selected,
-    scores: S.candidates.map((c) => c.score), objects: S.objects.map((o) => ({ name: o.name, color: o.color })),
-    everything: S.everything ? { count: S.everything.count, shown: S.everythingOn } : null,
-    hover: S.hover ? { x: S.hover.x, y: S.hover.y, score: S.hover.score } : null, message: S.message, error: S.error, busy: !!S.inflight || S.queue.length > 0,
-  }),
-  timings: () => S.timings.slice(),
-  labelAt: (x, y) => labelAt(x, y),
-  // The drawn overlay's RGBA at image pixel (x, y).
-  pixelAt: (x, y) => {
-    const px = Math.floor((x * overlay.width) / S.width), py = Math.floor((y * overlay.height) / S.height);
-    return [...ctx.getImageData(px, py, 1, 1).data];
-  },
-  // A mask layer ('candidate', 'hover' or an object index) as {width, height, count, box: [x0, y0, x1, y1]}.
-  maskInfo: (which) => {
-    const m = which === 'candidate' ? S.candidates[S.selected] : which === 'hover' ? S.hover : S.objects[which];
-    if (!m || !m.layer) return null;
-    const c = m.layer, data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-    let count = 0, x0 = c.width, y0 = c.height, x1 = -1, y1 = -1;
-    for (let i = 3, p = 0; i < data.length; i += 4, p++) {
-      if (data[i] === 0) continue;
-      count++;
-      const x = p % c.width, y = (p - x) / c.width;
-      if (x < x0) x0 = x;
-      if (x > x1) x1 = x;
-      if (y < y0) y0 = y;
-      if (y > y1) y1 = y;
-    }
-    return { width: c.width, height: c.height, count, box: count ? [x0, y0, x1 + 1, y1 + 1] : null };
-  },
-};

@@ -1,0 +1,95 @@
+"""Switching models in the page: the download announced with its size, a failure said once in plain words
+with the picker back on the model in use, and every mask naming the model that made it.
+
+The app runs against a loopback Hub that serves sam-vit-large's weights slowly and has no sam-vit-huge.
+"""
+
+import re
+import time
+
+import pytest
+
+from tests.helpers import hub as hub_module
+from tests.helpers.browser import (
+    REPO,
+    browser_fixture,  # noqa: F401  (a fixture)
+    choose_model,
+    click,
+    open_app,
+    run_app,
+    upload,
+)
+from tests.helpers.hub import LocalHub, hub_env
+
+pytestmark = pytest.mark.browser
+COFFEE = str(REPO / "examples" / "coffee.jpg")
+SLOW = ("facebook/sam-vit-large", "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def app_url(checkpoints, tmp_path_factory):
+    send_file = hub_module._Handler._send_file
+
+    def slowly(handler, repo_id, filename, local, commit, body):
+        """sam-vit-large's weights in eight parts, half a second apart, so the page can follow the download."""
+        if not (body and (repo_id, filename) == SLOW):
+            return send_file(handler, repo_id, filename, local, commit, body)
+        send_file(handler, repo_id, filename, local, commit, False)  # the headers
+        data = local.read_bytes()
+        for i in range(0, len(data), len(data) // 8 + 1):
+            handler.wfile.write(data[i : i + len(data) // 8 + 1])
+            handler.wfile.flush()
+            time.sleep(0.5)
+
+    hub = LocalHub()
+    for repo_id, files in checkpoints.published().items():
+        if repo_id != "facebook/sam-vit-huge":
+            hub.add(repo_id, files)
+    tmp = tmp_path_factory.mktemp("app")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(hub_module._Handler, "_send_file", slowly)
+        hub_url = hub.start()
+        try:
+            with run_app(["--model", "sam-vit-base"], hub_env(hub_url, tmp / "hf"), tmp / "app.log") as url:
+                yield url
+        finally:
+            hub.stop()
+
+
+def status_has(page, text: str, timeout_ms: int = 60_000) -> None:
+    page.wait_for_function("(t) => document.querySelector('#sam-status').innerText.includes(t)", arg=text,
+                           timeout=timeout_ms, polling=50)
+
+
+def test_a_model_switch_shows_the_download_and_a_failure_once(browser, app_url):
+    page = open_app(browser, app_url, viewport=(1280, 900))
+    status_has(page, "sam-vit-base (facebook/sam-vit-base)")
+    upload(page, COFFEE)
+    click(page, 300, 200)
+    assert "from sam-vit-base" in page.inner_text(".sam-mask-note")
+
+    page.evaluate("""() => {  // what the status line says, each time it changes
+        window.said = [];
+        const status = document.querySelector('#sam-status');
+        new MutationObserver(() => window.said.push(status.innerText))
+            .observe(status, { subtree: true, childList: true, characterData: true });
+    }""")
+    choose_model(page, "sam-vit-large")
+    status_has(page, "sam-vit-large (facebook/sam-vit-large)")
+    said = page.evaluate("window.said")
+    # Its size, then how far it is, while it downloads.
+    shares = [int(m[1]) for t in said if (m := re.search(r"Downloading sam-vit-large \([0-9.]+ [KM]B\)… - (\d+)", t))]
+    assert shares and 0 < max(shares) < 100, said
+    page.wait_for_function("document.querySelector('.sam-mask-note').innerText.includes('from sam-vit-large')")
+
+    choose_model(page, "sam-vit-huge")  # not on this Hub
+    status_has(page, "Could not load sam-vit-huge")
+    page.wait_for_function("document.querySelector('#sam-model input').value === 'sam-vit-large'")
+    text = page.inner_text("body")
+    assert text.count("facebook/sam-vit-huge not found") == 1 and "WeightsError" not in text
+    assert "Still using sam-vit-large" in page.inner_text("#sam-status")
+    assert page.inner_text(".sam-message") == ""
+    click(page, 100, 300)  # masks still come from the model in use, and say so
+    assert "from sam-vit-large" in page.inner_text(".sam-mask-note")
+    assert page.errors == []
+    page.context.close()
