@@ -270,7 +270,8 @@ def load_model(
     """Load a SAM or SAM 2 model in eval mode; `model.weights_source` says where its weights came from.
 
     source: a name in KNOWN_MODELS, a local file or folder, a Hub repo id (`owner/name`, transformers
-    layout), a file in a Hub repo (`owner/name/path/in/repo.pth`) or `random:<known name or config name>`.
+    layout), a file in a Hub repo (`owner/name/path/in/repo.pth`) or `random:<name>` (a known name, a config
+    name or a short name: vit_b, vit_t, hiera_t, ...; see SHORT_NAMES).
     revision: branch, tag or commit of Hub downloads. dtype: precision of the image encoder, 'float32'
     (exact parity with the reference code), 'bfloat16', or 'auto' (bf16 where the processor runs it fast;
     see sam.precision). Raises WeightsError with a message for people.
