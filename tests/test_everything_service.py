@@ -83,3 +83,35 @@ def test_embeddings_are_shared_between_visitors_only_when_the_setting_says_so(sh
     assert service.embed("m0", key, owner="b").cached is share  # what another visitor could tell
     assert service.embed("m0", key).cached is share  # examples (no owner) are always shared
     assert service.embed("m0", key).cached
+
+
+def test_the_page_keeps_uploads_apart_when_embeddings_are_not_shared_but_shares_the_examples():
+    from sam.app.canvas import CanvasServer
+    from sam.app.session import SessionRegistry
+
+    server = CanvasServer(Service(Models(CountingLoader()), cache_items=8, cache_mb=16, share_embeddings=False),
+                          SessionRegistry())
+    upload, example = random_image(0), random_image(1)
+    _, first, _ = server.open_image(None, "m0", upload, "a.png", None, False)
+    _, second, status = server.open_image(None, "m0", upload, "a.png", None, False)
+    assert "embedding cached" not in status  # the second visitor cannot tell that the first sent it
+    assert server.sam_act({"token": second.token, "type": "point", "x": 5, "y": 5, "image": second.image.key})
+    _, _, status = server.open_image(first, "m0", upload, "a.png", None, False)
+    assert "embedding cached" in status  # a visitor's own image again
+    server.open_image(None, "m0", example, "ex.jpg", None, True, shared=True)
+    assert "embedding cached" in server.open_image(None, "m0", example, "ex.jpg", None, True, shared=True)[2]
+
+
+def test_the_status_line_names_random_weights_with_balanced_brackets():
+    from sam.app.canvas import CanvasServer
+    from sam.app.session import SessionRegistry
+    from sam.build import build_sam
+    from tests.helpers.reference import TINY
+
+    def loader(name):
+        source = {"random:vit_b": "random weights (vit_b)"}.get(name, f"{name} (owner/{name})")
+        return build_sam(TINY, weights_source=source).eval()
+
+    server = CanvasServer(Service(Models(loader)), SessionRegistry())
+    assert "**random:vit_b** (random weights (vit_b))" in server.status("random:vit_b")
+    assert "**m0** (owner/m0)" in server.status("m0")

@@ -29,59 +29,6 @@ DISPLAY_MAX_SIDE = 1024
 JS_FILES = ("canvas.js", "panel.js", "input.js")  # one script, in this order (they share its scope)
 # Before @children: the tool (toolbar, image, hints) and its side panel (masks, objects); @children: the
 # components placed inside the canvas in app.py (export, examples), below the panel on wide screens.
-HTML_TEMPLATE = """
-<div class="sam-main">
-  <div class="sam-toolbar" role="toolbar" aria-label="Image tools">
-    <button type="button" class="sam-upload sam-primary">Upload image</button>
-    <input type="file" accept="image/*" class="sam-file" hidden>
-    <div class="sam-modes" role="group" aria-label="A click on the image adds">
-      <button type="button" class="sam-mode" data-mode="positive" aria-pressed="true">+ Positive</button>
-      <button type="button" class="sam-mode" data-mode="negative" aria-pressed="false">&minus; Negative</button>
-      <button type="button" class="sam-mode" data-mode="box" aria-pressed="false">&#9645; Box</button>
-    </div>
-    <label class="sam-check"><input type="checkbox" class="sam-hover-toggle" checked> Hover preview</label>
-    <button type="button" class="sam-undo" aria-keyshortcuts="Control+Z">Undo</button>
-    <button type="button" class="sam-clear" aria-keyshortcuts="Escape">Clear prompts</button>
-    <button type="button" class="sam-everything">Everything</button>
-    <div class="sam-message" role="status" aria-live="polite"></div>
-  </div>
-  <div class="sam-stage" tabindex="0" role="application" aria-roledescription="image canvas"
-    aria-label="Image canvas" aria-describedby="sam-hint sam-keys">
-    <div class="sam-frame"><img class="sam-img" alt=""><canvas class="sam-overlay" aria-hidden="true"></canvas></div>
-    <div class="sam-empty">Drop an image here, paste one, or use Upload image. Or pick an example.</div>
-    <div class="sam-busy" hidden>
-      <p><span class="sam-busy-text" role="status"></span> <span class="sam-busy-time"></span></p>
-      <progress class="sam-progress" max="1" aria-label="Progress" hidden></progress>
-      <button type="button" class="sam-cancel" hidden>Cancel</button>
-    </div>
-  </div>
-  <p class="sam-hint" id="sam-hint"><span class="sam-hint-mouse">Click: positive point. Right click: negative point.
-    Drag: box.</span><span class="sam-hint-touch">Tap the image to add a point of the kind chosen above; choose
-    Box, then drag, for a box.</span></p>
-  <p class="sam-keys" id="sam-keys">Keys: <kbd>Ctrl+Z</kbd> undo · <kbd>Esc</kbd> clear prompts · <kbd>Enter</kbd>
-    add object · <kbd>1</kbd> <kbd>2</kbd> <kbd>3</kbd> pick a mask · <kbd>n</kbd> positive / negative · on the
-    image: arrow keys move a cursor, <kbd>Space</kbd> adds a point.</p>
-</div>
-<div class="sam-panel">
-  <section class="sam-section" aria-labelledby="sam-mask-title">
-    <h2 id="sam-mask-title">Mask</h2>
-    <p class="sam-mask-note">Click the image to get a mask.</p>
-    <div class="sam-candidates" role="group" aria-label="Candidate masks"></div>
-    <div class="sam-objects-bar">
-      <label class="sam-name-label">Object name <input type="text" class="sam-name" maxlength="40"
-        placeholder="optional"></label>
-      <button type="button" class="sam-add" aria-keyshortcuts="Enter">Add object</button>
-    </div>
-  </section>
-  <section class="sam-section" aria-labelledby="sam-objects-title">
-    <h2 id="sam-objects-title">Objects <span class="sam-count"></span></h2>
-    <p class="sam-objects-none">None yet: click the image, then Add object (or Enter).</p>
-    <ul class="sam-objects"></ul>
-    <button type="button" class="sam-clear-all" hidden>Clear all</button>
-  </section>
-</div>
-@children
-"""
 
 def display_size(height: int, width: int, max_side: int = DISPLAY_MAX_SIDE) -> tuple[int, int]:
     """(H, W) of the masks sent to the page: the image size, scaled down so the long side is <= max_side."""
@@ -133,7 +80,7 @@ def sam_canvas(server: "CanvasServer", **kwargs: Any) -> gr.HTML:
 
     canvas = gr.HTML(
         value={},
-        html_template=HTML_TEMPLATE,
+        html_template=(STATIC / "canvas.html").read_text(),
         css_template=(STATIC / "canvas.css").read_text(),
         js_on_load="\n".join((STATIC / name).read_text() for name in JS_FILES),
         server_functions=[sam_act],
@@ -153,8 +100,13 @@ class CanvasServer:
 
     def decoder(self, session: AppSession) -> Decoder:
         image = session.require_image()
-        embedded = self.service.embed(session.model_name, image.key, image.path)
+        embedded = self.service.embed(session.model_name, image.key, image.path, owner=self.owner(session))
         return self.service.decoder(session.model_name, embedded.embedding)
+
+    @staticmethod
+    def owner(session: AppSession) -> str | None:
+        """Whose cache entry the session's image has (Service.embed): None for the examples, shared by all."""
+        return None if session.image is None or session.image.shared else session.token
 
     def sam_act(self, data: Any) -> dict[str, Any]:
         """One request from the page: {token, seq, type, ...} -> the changed parts of the view, or {error}."""
@@ -270,6 +222,7 @@ class CanvasServer:
         path: str | None,
         send_image: bool,
         rid: Any = None,
+        shared: bool = False,
     ) -> tuple[dict[str, Any], AppSession, str]:
         """A new image for the session: keep it, embed it (cached by content) -> (view, session, status)."""
         session = session if isinstance(session, AppSession) else AppSession()
@@ -280,9 +233,9 @@ class CanvasServer:
         try:
             with session.lock:
                 key = self.service.add_image(image)
-                embedded = self.service.embed(model_name, key, path)
+                embedded = self.service.embed(model_name, key, path, owner=None if shared else session.token)
                 h, w = image.shape[:2]
-                session.set_image(ImageRef(key, w, h, name, path), model_name)
+                session.set_image(ImageRef(key, w, h, name, path, shared), model_name)
                 view = self.view(session, None)
         finally:
             session.job = None
@@ -298,7 +251,7 @@ class CanvasServer:
             return {}, self.status(model_name)
         with session.lock:
             image = session.image
-            embedded = self.service.embed(model_name, image.key, image.path)
+            embedded = self.service.embed(model_name, image.key, image.path, owner=self.owner(session))
             session.model_name = model_name
             decoder = self.service.decoder(model_name, embedded.embedding)
             session.replay(decoder)
@@ -377,7 +330,9 @@ class CanvasServer:
             info = model_info(model_name, self.service.models.get(model_name))
         except Exception as e:
             return model_error(model_name, e)
-        source = str(info["source"]).removeprefix(f"{model_name} ").strip("()")
+        source = str(info["source"])
+        if source.startswith(f"{model_name} (") and source.endswith(")"):  # "sam-vit-base (facebook/sam-vit-base)"
+            source = source[len(model_name) + 2 : -1]
         name = f"**{model_name}** ({source})" if source != model_name else f"**{model_name}**"
         parts = [name, str(info["precision"])]
         if embedded is not None:

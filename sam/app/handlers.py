@@ -139,7 +139,9 @@ class Handlers:
     def on_example(self, session, name, evt: gr.SelectData):
         try:
             path = self.examples[int(evt.index)]
-            view, session, status = self.canvas.open_image(session, name, read_image(path), path.name, str(path), True)
+            view, session, status = self.canvas.open_image(
+                session, name, read_image(path), path.name, str(path), True, shared=True
+            )
             return tagged(view, "image"), session, status
         except Exception as e:
             return tagged({"error": error_text(e)}, "image"), session, self._status(name, e)

@@ -76,6 +76,7 @@ class ImageRef:
     height: int
     name: str = "image"
     path: str | None = None  # where it can be reread if it leaves the server's image cache
+    shared: bool = False  # an example: its embedding is shared by every visitor whatever the setting
 
 
 @dataclass(eq=False)
