@@ -77,6 +77,11 @@ class SamAutomaticMaskGenerator:
         logits_memory_mb: candidates' low-res logits beyond this many MB wait in a temporary file
         (see LogitStore); the generator's other memory is bounded by the batch sizes.
         """
+        if not model.keeps_aspect_ratio:  # SAM 2: its masks are upsampled and gated differently
+            raise ValueError(
+                "segment everything takes a SAM model (ViT, MobileSAM, SlimSAM); with SAM 2 it is not available yet: "
+                "prompt the objects one by one, or use sam-vit-base or mobile-sam"
+            )
         if crop_n_layers < 0:
             raise ValueError(f"crop_n_layers must be >= 0, got {crop_n_layers}")
         if crop_n_points_downscale_factor < 1:

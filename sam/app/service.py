@@ -210,7 +210,10 @@ class Service:
                 return Embedded(key, cached, 0.0, True)
             start = time.perf_counter()
             predictor = SamPredictor(model)
-            small, _ = prepare(image, model.img_size)  # SAM's own resize, so the embedding is the same
+            if model.keeps_aspect_ratio:  # SAM's own resize, so the embedding is the same as from the image
+                small, _ = prepare(image, model.img_size)
+            else:  # SAM 2 resizes the image itself, to its square input
+                small = predictor.transform.apply_image(np.ascontiguousarray(image)).copy()
             with self.workload.job(self.embed_threads, shared=False):
                 predictor.set_torch_image(torch.as_tensor(small).permute(2, 0, 1)[None], image.shape[:2])
             embedding = predictor.embedding
