@@ -35,7 +35,9 @@ EXAMPLES = sorted((Path(__file__).parent / "examples").glob("*.jpg"))
 def layout(h: Handlers) -> SimpleNamespace:
     """The page's components (inside a gr.Blocks context)."""
     ui = SimpleNamespace()
-    ui.session = gr.State(None, time_to_live=limits.SESSION_TTL_S, delete_callback=h.expire)
+    # A plain function, not the bound method: Gradio deep-copies each session's State with its callback,
+    # and a bound method would take the handlers, the service and every model's weights with it.
+    ui.session = gr.State(None, time_to_live=limits.SESSION_TTL_S, delete_callback=lambda s: h.expire(s))
     ui.in_use = gr.State(h.model_name)  # the picker goes back to it when a switch fails
     with gr.Row(elem_id="sam-top", equal_height=False):
         gr.Markdown("# Segment Anything\nClick an object, drag a box around it, or rest the cursor on it.",

@@ -42,3 +42,18 @@ def test_building_the_app_writes_no_stub_into_the_package():
     before = set((ROOT / "sam").rglob("*.pyi"))
     app.build_demo(Settings(model="random:vit_b"))
     assert set((ROOT / "sam").rglob("*.pyi")) == before == set()
+
+
+def test_a_sessions_state_copies_no_model():
+    """Gradio deep-copies every session's State with its delete_callback: a bound method of the handlers would
+    copy the service and every loaded model with it (20 API clients took the server from 0.8 to 2.2 GB)."""
+    import copy
+
+    import gradio as gr
+
+    import app
+    from sam.app.settings import Settings
+
+    demo = app.build_demo(Settings(model="random:vit_b"))
+    states = [b for b in demo.blocks.values() if isinstance(b, gr.State)]
+    assert states and all(copy.deepcopy(s.delete_callback) is s.delete_callback for s in states)
