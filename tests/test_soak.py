@@ -31,6 +31,11 @@ SESSIONS = int(os.environ.get("SAM_SOAK_SESSIONS", "20"))
 PAGES = 4
 RSS_LIMIT_MB = 1536  # the app process: torch, gradio, a tiny model and caches of small images (835 MB measured)
 RSS_GROWTH_MB = 300  # from the end of the first quarter of the run to its end
+DISK_LIMIT_MB = 200  # the uploads of the run (each API call uploads its image), kept for an hour
+
+
+def folder_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20 if folder.is_dir() else 0.0
 
 
 def images_for(worker: int, folder: Path) -> list[tuple[Path, np.ndarray]]:
@@ -137,8 +142,10 @@ def test_soak(checkpoints, tmp_path):
         for t in threads:
             t.start()
         samples: list[tuple[float, float]] = []
+        disk: list[float] = []  # MB under the app's Gradio folder: uploads and copies of outputs
         while any(t.is_alive() for t in threads):
             samples.append((time.monotonic(), rss_mb(pid)))
+            disk.append(folder_mb(tmp_path / "gradio"))
             time.sleep(1)
         for t in threads:
             t.join(timeout=SECONDS + 300)
@@ -150,12 +157,14 @@ def test_soak(checkpoints, tmp_path):
         f"\nsoak {SECONDS:.0f} s: {len(soak.api_calls)} /segment calls ({SESSIONS} clients, "
         f"p50 {np.median(latency):.2f} s, p95 {np.percentile(latency, 95):.2f} s), "
         f"{len(soak.page_calls)} page loops ({PAGES} pages); server RSS start "
-        f"{start_rss:.0f} MB, max {rss.max():.0f} MB, growth after the first quarter {settled[-1] - settled[0]:+.0f} MB"
+        f"{start_rss:.0f} MB, max {rss.max():.0f} MB, growth after the first quarter {settled[-1] - settled[0]:+.0f} "
+        f"MB; disk {max(disk):.1f} MB at most"
     )
     assert soak.errors == []
     per_client = np.bincount([w for w, *_ in soak.api_calls], minlength=SESSIONS)
     assert per_client.min() >= 1 and len(soak.page_calls) >= PAGES, (per_client, len(soak.page_calls))  # nobody starved
     assert rss.max() < RSS_LIMIT_MB
+    assert max(disk) < DISK_LIMIT_MB
     assert settled.max() - settled[0] < RSS_GROWTH_MB
 
     predictor = default_predictor(checkpoints)  # the app's sam-vit-base
