@@ -113,6 +113,9 @@ class Worker:
         import ray
         import torch
 
+        from ..allocator import reuse_freed_memory
+
+        reuse_freed_memory()  # as `sam` does for the command line's own process: see sam/allocator.py
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
         torch.set_num_threads(max(1, int(cpus)))
         job.load()
