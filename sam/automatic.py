@@ -77,29 +77,10 @@ class SamAutomaticMaskGenerator:
         logits_memory_mb: candidates' low-res logits beyond this many MB wait in a temporary file
         (see LogitStore); the generator's other memory is bounded by the batch sizes.
         """
-        if not model.keeps_aspect_ratio:  # SAM 2: its masks are upsampled and gated differently
-            raise ValueError(
-                "segment everything takes a SAM model (ViT, MobileSAM, SlimSAM); with SAM 2 it is not available yet: "
-                "prompt the objects one by one, or use sam-vit-base or mobile-sam"
-            )
-        if crop_n_layers < 0:
-            raise ValueError(f"crop_n_layers must be >= 0, got {crop_n_layers}")
-        if crop_n_points_downscale_factor < 1:
-            raise ValueError(f"crop_n_points_downscale_factor must be >= 1, got {crop_n_points_downscale_factor}")
-        if (points_per_side is None) == (point_grids is None):
-            raise ValueError("give exactly one of points_per_side and point_grids")
+        _check_settings(model, points_per_side, point_grids, crop_n_layers, crop_n_points_downscale_factor,
+                        points_per_batch, output_mode, logits_memory_mb)
         if points_per_side is not None:
-            if points_per_side < 1:
-                raise ValueError(f"points_per_side must be >= 1, got {points_per_side}")
             point_grids = build_all_layer_point_grids(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
-        if len(point_grids) < crop_n_layers + 1:
-            raise ValueError(f"point_grids has {len(point_grids)} grids, {crop_n_layers + 1} crop layers need one each")
-        if output_mode not in OUTPUT_MODES:
-            raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
-        if points_per_batch < 1:
-            raise ValueError(f"points_per_batch must be >= 1, got {points_per_batch}")
-        if logits_memory_mb < 0:
-            raise ValueError(f"logits_memory_mb must be >= 0, got {logits_memory_mb}")
         self.logits_memory_mb = logits_memory_mb
         self.predictor = SamPredictor(model)
         self.point_grids = [np.asarray(g, dtype=np.float64).reshape(-1, 2) for g in point_grids]
@@ -161,23 +142,9 @@ class SamAutomaticMaskGenerator:
 
         store = LogitStore(self.logits_memory_mb << 20)
         try:
-            parts, grids = [], []
-            for i, (crop_box, layer) in enumerate(zip(crop_boxes, layer_idxs)):
-                advance(0)
-                crop_embedding = embedding if i == 0 else None
-                part, grid = self._process_crop(image, i, crop_box, layer, crop_embedding, advance, store)
-                grids.append(grid)
-                if part is not None:
-                    parts.append(part)
-            if not parts:
+            data, grids = self._candidates(image, embedding, crop_boxes, layer_idxs, advance, store)
+            if data is None:
                 return []
-            data = _cat(parts)
-            if len(crop_boxes) > 1:
-                # Prefer masks from smaller crops (Meta's score: 1 / crop area).
-                b = torch.tensor(crop_boxes)
-                scores = 1 / ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))[data["crop"]]
-                keep = batched_nms(data["boxes"].float(), scores, torch.zeros(len(scores)), self.crop_nms_thresh)
-                data = _take(data, keep)
             if max_masks is not None and self.min_mask_region_area <= 0:
                 best = torch.sort(torch.argsort(-data["iou"], stable=True)[:max_masks]).values
                 data = _take(data, best)
@@ -188,6 +155,36 @@ class SamAutomaticMaskGenerator:
             order = sorted(range(len(records)), key=lambda i: -records[i]["predicted_iou"])[:max_masks]
             records = [records[i] for i in sorted(order)]
         return records
+
+    def _candidates(
+        self,
+        image: np.ndarray,
+        embedding: ImageEmbedding | None,
+        crop_boxes: list[list[int]],
+        layer_idxs: list[int],
+        advance: Callable[[int], None],
+        store: LogitStore,
+    ) -> tuple[Candidates | None, list]:
+        """Every crop's candidates after its NMS, then across crops (None when there are none), and the crops'
+        upsampling grids."""
+        parts, grids = [], []
+        for i, (crop_box, layer) in enumerate(zip(crop_boxes, layer_idxs)):
+            advance(0)
+            crop_embedding = embedding if i == 0 else None
+            part, grid = self._process_crop(image, i, crop_box, layer, crop_embedding, advance, store)
+            grids.append(grid)
+            if part is not None:
+                parts.append(part)
+        if not parts:
+            return None, grids
+        data = _cat(parts)
+        if len(crop_boxes) > 1:
+            # Prefer masks from smaller crops (Meta's score: 1 / crop area).
+            b = torch.tensor(crop_boxes)
+            scores = 1 / ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))[data["crop"]]
+            keep = batched_nms(data["boxes"].float(), scores, torch.zeros(len(scores)), self.crop_nms_thresh)
+            data = _take(data, keep)
+        return data, grids
 
     def predict_low_res(self, points: torch.Tensor, crop_box: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Bx2 points (model-input pixels of the crop the predictor holds) -> low-res logits BxMxhxw, IoU BxM.
@@ -355,3 +352,37 @@ def _inclusive_box(mask: np.ndarray) -> list[int]:
     """HxW bool -> [x0, y0, x1, y1] with x1, y1 the last column and row (Meta's boxes); zeros when empty."""
     x0, y0, x1, y1 = masks.mask_to_box(mask)
     return [x0, y0, x1 - 1, y1 - 1] if x1 > x0 else [0, 0, 0, 0]
+
+
+def _check_settings(
+    model: Sam,
+    points_per_side: int | None,
+    point_grids: list[np.ndarray] | None,
+    crop_n_layers: int,
+    crop_n_points_downscale_factor: int,
+    points_per_batch: int,
+    output_mode: str,
+    logits_memory_mb: int,
+) -> None:
+    """Raise ValueError naming the first setting the generator cannot use."""
+    if not model.keeps_aspect_ratio:  # SAM 2: its masks are upsampled and gated differently
+        raise ValueError(
+            "segment everything takes a SAM model (ViT, MobileSAM, SlimSAM); with SAM 2 it is not available yet: "
+            "prompt the objects one by one, or use sam-vit-base or mobile-sam"
+        )
+    if crop_n_layers < 0:
+        raise ValueError(f"crop_n_layers must be >= 0, got {crop_n_layers}")
+    if crop_n_points_downscale_factor < 1:
+        raise ValueError(f"crop_n_points_downscale_factor must be >= 1, got {crop_n_points_downscale_factor}")
+    if (points_per_side is None) == (point_grids is None):
+        raise ValueError("give exactly one of points_per_side and point_grids")
+    if points_per_side is not None and points_per_side < 1:
+        raise ValueError(f"points_per_side must be >= 1, got {points_per_side}")
+    if point_grids is not None and len(point_grids) < crop_n_layers + 1:
+        raise ValueError(f"point_grids has {len(point_grids)} grids, {crop_n_layers + 1} crop layers need one each")
+    if output_mode not in OUTPUT_MODES:
+        raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
+    if points_per_batch < 1:
+        raise ValueError(f"points_per_batch must be >= 1, got {points_per_batch}")
+    if logits_memory_mb < 0:
+        raise ValueError(f"logits_memory_mb must be >= 0, got {logits_memory_mb}")
