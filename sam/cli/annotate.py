@@ -43,13 +43,14 @@ def run(args: argparse.Namespace) -> int:
     find_images(args.data)
     if args.det_labels is not None and not Path(args.det_labels).is_dir():
         raise CliError(f"--det-labels: no such folder: {args.det_labels}", EXIT_USAGE)
+    check_device = args.device if ray["engine"] == "local" else "cpu"  # with --ray the GPUs may be elsewhere
     if args.det_model is not None:  # loaded here to check it; auto_annotate loads it (on each Ray worker) by name
         try:
-            ultralytics_detector(args.det_model, args.device, conf=args.conf)
+            ultralytics_detector(args.det_model, check_device, conf=args.conf)
         except Exception as e:
             raise CliError(f"cannot load detector {args.det_model!r}: {e}", EXIT_MODEL) from e
     det = args.det_labels or args.det_model
-    sam = load_sam(args.model, args.device)
+    sam = load_sam(args.model, check_device)
     if ray["engine"] == "ray" and not args.model.startswith("random:"):  # each worker loads it by name
         sam = args.model
     options = dict(device=args.device, conf=args.conf, classes=args.classes, output_dir=args.output, progress=True)

@@ -61,7 +61,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--device", default="cpu")
     p.add_argument(
         "--overwrite", action="store_true",
-        help="replace the results of an earlier run (with --ray, without it: images with complete results are skipped)",
+        help="replace the results of an earlier run (without it, --ray skips the images whose results are complete)",
     )  # fmt: skip
     settings = p.add_argument_group("generator settings (segment-anything's SamAutomaticMaskGenerator)")
     for name, (kind, text) in SETTINGS.items():
@@ -83,8 +83,9 @@ def run(args: argparse.Namespace) -> int:
     existing = [output / t for t in EverythingJob(None, output, args.format).targets(paths) if (output / t).exists()]
     if existing and not args.overwrite and ray["engine"] == "local":  # with --ray, a rerun resumes
         raise CliError(f"{existing[0]} exists (pass --overwrite to replace earlier results)", EXIT_USAGE)
+    check_device = args.device if ray["engine"] == "local" else "cpu"  # with --ray the GPUs may be elsewhere
     try:
-        model = load_model(args.model, device=args.device)
+        model = load_model(args.model, device=check_device)
     except Exception as e:  # any failure to find, fetch or read the weights
         raise CliError(f"cannot load model {args.model!r}: {e}", EXIT_MODEL) from e
     try:
