@@ -108,7 +108,7 @@ def test_everything(client, predictor):
     for rle, bbox, record in zip(out["masks"], out["bbox"], records, strict=True):
         np.testing.assert_array_equal(decode(rle), record["segmentation"])
         assert bbox == record["bbox"]
-    with pytest.raises(AppError, match="points_per_side must be between 1 and 64"):
+    with pytest.raises(AppError, match="points_per_side must be an integer from 1 to 32"):
         client.predict(image=handle_file(str(COFFEE)), points_per_side=500, api_name="/everything")
 
 
