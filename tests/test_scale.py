@@ -22,8 +22,6 @@ from sam.cli import main
 from sam.scale import SUMMARY_NAME, read_summary, segment_everything
 from sam.scale.ray_engine import RETRIES, connect, run_job
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
 TINY = SamConfig(ViTConfig(64, 2, 4, (1,), window_size=4), img_size=256)
 EVERYTHING = dict(points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
 BROKEN = "broken.jpg"

@@ -1,9 +1,9 @@
 """Batch jobs (auto_annotate, segment everything) on Ray Data: one model per actor, outputs written by the workers.
 
-The driver lists the images and leaves out those whose outputs are complete; Ray Data reads the files
-and streams them to a pool of actors (`ActorPoolStrategy(size=actors)`), each of which loads the model
-once and runs torch on the CPUs Ray gives it. Each actor writes its images' outputs to the output folder
-(a temporary name, then a rename) and hands back one small row per image, so nothing large travels back.
+The driver lists the images and leaves out those whose outputs are complete; Ray Data streams the list
+to a pool of actors (`ActorPoolStrategy(size=actors)`), each of which loads the model once and runs torch
+on the CPUs Ray gives it. Each actor reads its images, writes their outputs to the output folder (a
+temporary name, then a rename) and hands back one small row per image, so nothing large travels back.
 A worker that dies is restarted and its batch retried; an image that fails is reported in the summary
 file and the job goes on.
 
@@ -70,11 +70,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
 
 def plan(actors: int | None, cpus_per_actor: int | None) -> tuple[int, int]:
     """(actors, CPUs per actor): by default CPUS_PER_ACTOR each (or a whole smaller node), as many as fit."""
-    ray = ray_module()
-    nodes = [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
-    for name, value in (("actors", actors), ("cpus_per_actor", cpus_per_actor)):
-        if value is not None and value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
+    nodes = [int(n["Resources"].get("CPU", 0)) for n in ray_module().nodes() if n.get("Alive")]
     cpus = cpus_per_actor or max(1, min(CPUS_PER_ACTOR, max(nodes, default=1)))
     return actors or max(1, sum(n // cpus for n in nodes)), cpus
 
@@ -169,9 +165,12 @@ def run_job(
     ({"path", "target", "masks", "error", "seconds"}) as it comes back to the driver.
     """
     ray = ray_module()
+    for name, value in (("actors", actors), ("cpus_per_actor", cpus_per_actor)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
     start = time.perf_counter()
     todo = [(p.absolute(), t) for p, t in zip(paths, job.targets(paths)) if overwrite or not job.complete(t)]
-    summary = Summary(output=str(job.output), engine="ray", images=len(paths), skipped=len(paths) - len(todo))
+    summary = Summary(str(job.output), "ray", images=len(paths), skipped=len(paths) - len(todo), workers=0)
     job.output.mkdir(parents=True, exist_ok=True)
     returned = set()
     if todo:
