@@ -160,7 +160,8 @@ def test_prompts_off_the_image(model, bgr):
 
 def test_colour_order_numpy_is_bgr_pil_is_rgb(model, ref, image, bgr, tmp_path):
     """As Ultralytics: arrays are BGR (cv2.imread's order), PIL images RGB, files as files; Meta's API stays RGB."""
-    cv2 = pytest.importorskip("cv2")
+    import cv2  # a runtime dependency (requirements.txt): never skipped
+
     Image.fromarray(image).save(tmp_path / "a.png")
     prompt = dict(bboxes=[20, 15, 100, 80])
     want = dict(box=[20, 15, 100, 80])  # Meta's SamPredictor, given the RGB image
