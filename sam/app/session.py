@@ -29,9 +29,7 @@ import numpy as np
 from ..export import hex_color
 from ..masks import area, decode_coco_rle, encode_coco_rle, mask_to_box
 from ..prompts import check_boxes, check_points
-from .settings import MAX_NAME, MAX_OBJECTS, MAX_PROMPTS
-
-MAX_EVERYTHING = 255  # masks kept from "segment everything" (they fit one 8-bit label image)
+from .settings import MAX_EVERYTHING_MASKS, MAX_NAME, MAX_OBJECTS, MAX_PROMPTS
 
 
 class DecoderLike(Protocol):
@@ -259,10 +257,10 @@ class AppSession:
         return obj
 
     def set_everything(self, masks: list[tuple[np.ndarray, float]]) -> None:
-        """Masks from "segment everything" (HxW bool, predicted IoU), best first; at most MAX_EVERYTHING."""
+        """Masks from "segment everything" (HxW bool, predicted IoU), best first; at most MAX_EVERYTHING_MASKS."""
         self.everything = [
             SessionObject("", "", encode_coco_rle(m), float(score), area(m), mask_to_box(m))
-            for m, score in masks[:MAX_EVERYTHING]
+            for m, score in masks[:MAX_EVERYTHING_MASKS]
         ]
 
     def pick(self, index: int, name: str = "") -> SessionObject:
