@@ -42,7 +42,8 @@ def layout(h: Handlers) -> SimpleNamespace:
     with gr.Row(elem_id="sam-top", equal_height=False):
         gr.Markdown("# Segment Anything\nClick an object, drag a box around it, or rest the cursor on it.",
                     elem_id="sam-title")
-        ui.model = gr.Dropdown(h.choices, value=h.model_name, label="Model", scale=0, min_width=200,
+        # labelled with each model's embedding time here; the values stay the model names
+        ui.model = gr.Dropdown(h.model_labels(), value=h.model_name, label="Model", scale=0, min_width=200,
                                elem_id="sam-model")
         ui.status = gr.Markdown("Loading the model…", elem_id="sam-status")
     with sam_canvas(h.canvas, elem_id="sam-canvas") as ui.canvas, gr.Column(elem_id="sam-side"):
@@ -58,20 +59,27 @@ def layout(h: Handlers) -> SimpleNamespace:
 
 
 def wire_page(demo: gr.Blocks, ui: SimpleNamespace, h: Handlers) -> None:
-    """The page's events. Embeddings run one at a time (they use every core); clicks bypass the queue."""
+    """The page's events. Embeddings run one at a time (they use every core); clicks bypass the queue.
+    The picker's labels (embedding times) are brought up to date after each event that may embed."""
+    quick = dict(concurrency_id="status", concurrency_limit=None, api_visibility="private", show_progress="hidden")
     demo.load(
         h.on_load, None, ui.status, show_progress_on=[ui.status], concurrency_id="status", concurrency_limit=None,
         api_visibility="private",
-    )
+    ).then(h.picker, None, ui.model, **quick)
     embed = dict(concurrency_id="embed", concurrency_limit=1, show_progress_on=[ui.status], api_visibility="private")
     opened = [ui.canvas, ui.session, ui.status]
-    ui.canvas.image(h.on_image, [ui.session, ui.model], opened, trigger_mode="multiple", **embed)
-    ui.gallery.select(h.on_example, [ui.session, ui.model], opened, trigger_mode="multiple", **embed)
-    quick = dict(concurrency_id="status", concurrency_limit=None, api_visibility="private", show_progress="hidden")
+    ui.canvas.image(h.on_image, [ui.session, ui.model], opened, trigger_mode="multiple", **embed).then(
+        h.picker, None, ui.model, **quick
+    )
+    ui.gallery.select(h.on_example, [ui.session, ui.model], opened, trigger_mode="multiple", **embed).then(
+        h.picker, None, ui.model, **quick
+    )
     # .input, not .change: putting the picker back after a failed switch must not switch again
     ui.model.input(
         h.on_model, [ui.session, ui.model], [ui.canvas, ui.status], trigger_mode="always_last", **embed
-    ).then(h.model_in_use, [ui.model, ui.in_use], [ui.model, ui.in_use], **quick)
+    ).then(h.model_in_use, [ui.model, ui.in_use], [ui.model, ui.in_use], **quick).then(
+        h.picker, None, ui.model, **quick
+    )
     # Segment everything takes the embedding lock one batch at a time (sam.app.service.everything) and
     # answers "busy" at once beyond its cap: it must not hold a queue slot that uploads wait for. Its
     # progress and Cancel are on the canvas (CanvasServer.sam_act).

@@ -1,5 +1,6 @@
 """Switching models in the page: the download announced with its size, a failure said once in plain words
-with the picker back on the model in use, and every mask naming the model that made it.
+with the picker back on the model in use, and every mask naming the model that made it; the picker's labels
+give each model's embedding time, measured here or estimated.
 
 The app runs against a loopback Hub that serves sam-vit-large's weights slowly and has no sam-vit-huge.
 """
@@ -13,7 +14,6 @@ from tests.helpers import hub as hub_module
 from tests.helpers.browser import (
     REPO,
     browser_fixture,  # noqa: F401  (a fixture)
-    choose_model,
     click,
     open_app,
     run_app,
@@ -56,6 +56,12 @@ def app_url(checkpoints, tmp_path_factory):
             hub.stop()
 
 
+def choose_model(page, name: str) -> None:
+    """Pick `name` in the page's model picker, whose labels are the name, then its embedding time."""
+    page.locator("#sam-model input").click()
+    page.locator(f"#sam-model li[role=option]:is([aria-label='{name}'], [aria-label^='{name} · '])").click()
+
+
 def status_has(page, text: str, timeout_ms: int = 60_000) -> None:
     page.wait_for_function("(t) => document.querySelector('#sam-status').innerText.includes(t)", arg=text,
                            timeout=timeout_ms, polling=50)
@@ -84,12 +90,33 @@ def test_a_model_switch_shows_the_download_and_a_failure_once(browser, app_url):
 
     choose_model(page, "sam-vit-huge")  # not on this Hub
     status_has(page, "Could not load sam-vit-huge")
-    page.wait_for_function("document.querySelector('#sam-model input').value === 'sam-vit-large'")
+    page.wait_for_function("document.querySelector('#sam-model input').value.startsWith('sam-vit-large · ')")
     text = page.inner_text("body")
     assert text.count("facebook/sam-vit-huge not found") == 1 and "WeightsError" not in text
     assert "Still using sam-vit-large" in page.inner_text("#sam-status")
     assert page.inner_text(".sam-message") == ""
     click(page, 100, 300)  # masks still come from the model in use, and say so
     assert "from sam-vit-large" in page.inner_text(".sam-mask-note")
+    assert page.errors == []
+    page.context.close()
+
+
+def test_the_picker_labels_the_model_in_use_with_its_measured_time_after_an_upload(browser, app_url):
+    page = open_app(browser, app_url, viewport=(1280, 900))
+    status_has(page, "sam-vit-base (facebook/sam-vit-base)")
+    upload(page, COFFEE)
+    page.wait_for_function(
+        "/^sam-vit-base · [0-9.]+ s measured here$/.test(document.querySelector('#sam-model input').value)",
+        timeout=30_000, polling=50,
+    )
+    page.locator("#sam-model input").click()
+    labels = page.eval_on_selector_all("#sam-model li[role=option]", "(els) => els.map((e) => e.ariaLabel)")
+    assert re.fullmatch(r"sam-vit-base · [0-9.]+ s measured here", labels[0]), labels
+    # a model that has not embedded anything here is estimated from the measured one's rate
+    assert any(re.fullmatch(r"sam2\.1-hiera-tiny · ~[0-9.]+ s, estimated", label) for label in labels), labels
+    assert "slimsam-50" in labels  # its FLOPs are not known before it loads: the name alone
+    page.keyboard.press("Escape")
+    click(page, 300, 200)  # the picker's value is still the model's name
+    assert "from sam-vit-base" in page.inner_text(".sam-mask-note")
     assert page.errors == []
     page.context.close()

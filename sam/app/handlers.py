@@ -116,6 +116,14 @@ class Handlers:
             self.registry.remove(session)
             session.close()
 
+    def model_labels(self) -> list[tuple[str, str]]:
+        """The picker's (label, name) pairs: each model's embedding time on this server, measured or estimated."""
+        return self.service.times.choices(self.choices)
+
+    def picker(self) -> gr.Dropdown:
+        """The picker's labels brought up to date (after an embedding); its value stays as it is."""
+        return gr.Dropdown(choices=self.model_labels())
+
     def on_load(self, progress=gr.Progress()):  # noqa: B008 (Gradio's way of asking for a progress bar)
         progress(0, desc=f"Loading {self.model_name}")
         return self.canvas.status(self.model_name)

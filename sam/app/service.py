@@ -25,12 +25,14 @@ from ..deadline import Deadline
 from ..hub import WeightsError
 from ..images import load_image, prepare
 from ..modeling.sam import Sam
+from ..precision import resolve_dtype
 from ..predictor import ImageEmbedding, SamPredictor
 from ..prompts import as_tensors, check_boxes, check_points
 from ..weights import load_model
 from .lru import LRU
 from .settings import ENV, EVERYTHING_RUNS, MAX_ASPECT, MAX_EVERYTHING_MASKS, MAX_PIXELS, MAX_PROMPTS, Settings
 from .threads import FairLock, Workload
+from .timings import EmbeddingTimes
 
 # Images from visitors are read with the app's limits (sam/app/settings.py).
 read_image = functools.partial(load_image, max_pixels=MAX_PIXELS, max_aspect=MAX_ASPECT)
@@ -139,9 +141,12 @@ class Service:
         embed_threads: int = Settings.embed_threads,
         everything_timeout_s: float = Settings.everything_timeout_s,
         share_embeddings: bool = Settings.share_embeddings,
+        times: EmbeddingTimes | None = None,
     ) -> None:
-        """Thread counts of 0 mean all of torch's threads; the other values are sam.app.settings.Settings'."""
+        """Thread counts of 0 mean all of torch's threads; the other values are sam.app.settings.Settings';
+        times: where the embeddings' seconds are recorded (default: a new record, for fp32 models)."""
         self.models = models or Models()
+        self.times = times or EmbeddingTimes()
         nbytes = lambda e: e.nbytes  # noqa: E731
         self.embeddings = LRU(cache_items, cache_mb << 20, nbytes)
         self.images = LRU(256, image_cache_mb << 20, nbytes)
@@ -161,10 +166,12 @@ class Service:
     def from_settings(cls, settings: Settings) -> "Service":
         """The service `app.main` runs: models loaded in settings.precision, caches and threads as set."""
         loader = functools.partial(load_model, dtype=settings.precision)
+        precision = str(resolve_dtype(settings.precision)).removeprefix("torch.")
         return cls(
             Models(loader, settings.max_models), settings.embedding_cache_items, settings.embedding_cache_mb,
             settings.image_cache_mb, decode_threads=settings.decode_threads, embed_threads=settings.embed_threads,
             everything_timeout_s=settings.everything_timeout_s, share_embeddings=settings.share_embeddings,
+            times=EmbeddingTimes(precision),
         )
 
     # images -----------------------------------------------------------------------------------------
@@ -218,6 +225,7 @@ class Service:
                 predictor.set_torch_image(torch.as_tensor(small).permute(2, 0, 1)[None], image.shape[:2])
             embedding = predictor.embedding
             seconds = time.perf_counter() - start
+        self.times.record(model_name, model.precision, seconds)
         self.embeddings.put(cache_key, embedding)
         return Embedded(key, embedding, seconds, False)
 
