@@ -23,6 +23,7 @@ from sam.allocator import reuse_freed_memory
 from sam.app import settings as limits
 from sam.app.api import ApiHandlers
 from sam.app.body_limit import BodyLimit, UploadBudget
+from sam.app.browser_decode import BrowserDecode
 from sam.app.canvas import STATIC, sam_canvas
 from sam.app.handlers import Handlers, model_choices
 from sam.app.service import Service
@@ -114,8 +115,10 @@ def wire_api(h: ApiHandlers) -> None:
     )
 
 
-def build_demo(settings: Settings, service: Service | None = None) -> gr.Blocks:
+def build_demo(settings: Settings, service: Service | None = None, browser: BrowserDecode | None = None) -> gr.Blocks:
+    """The app; with `browser` (and its routes on the server) pages decode hovers and clicks themselves."""
     h = Handlers(service or Service.from_settings(settings), settings.model, EXAMPLES, settings.everything)
+    h.canvas.use_browser(browser)
     # Gradio deletes uploads and its copies of the exports an hour after they arrive (sam/app/sweep.py: the rest).
     with gr.Blocks(title="Segment Anything", delete_cache=(600, limits.SESSION_TTL_S)) as demo:
         ui = layout(h)
@@ -156,7 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     # Load the model while the server starts, so the first visitor does not wait for it; errors are
     # shown in the page's status line (the model is tried again there).
     threading.Thread(target=lambda: _try(service, settings.model), daemon=True).start()
-    demo = build_demo(settings, service)
+    browser = BrowserDecode.from_settings(settings, service)
+    demo = build_demo(settings, service, browser)
     demo.queue(max_size=limits.QUEUE_SIZE, default_concurrency_limit=1)
     Sweeper(get_upload_folder(), limits.EXPORT_DIR).start()
     demo.launch(
@@ -164,7 +168,8 @@ def main(argv: list[str] | None = None) -> None:
         max_file_size=f"{limits.MAX_UPLOAD_MB}mb",  # uploads; BodyLimit bounds every other request body
         allowed_paths=[str(p) for p in EXAMPLES],
         css=(STATIC / "page.css").read_text(),  # the page around the canvas (canvas.css is the canvas's own)
-        app_kwargs={"middleware": [Middleware(BodyLimit, **body_limits())]},
+        app_kwargs={"middleware": [Middleware(BodyLimit, **body_limits())],
+                    "routes": browser.routes() if browser else []},  # the decoder, embeddings and ORT Web
     )
 
 

@@ -5,6 +5,11 @@ The page shows the user's image from their own file and draws masks, points and 
 `server_functions`, no queue round trip); the answer carries only masks as 1-bit PNG data URLs at the
 display size (the image size, long side at most 1024). Image uploads go through Gradio's queue
 (`image` event) because an embedding takes seconds and runs one at a time.
+
+When the page decodes in the browser (sam/app/browser_decode.py, static/decoder.js), its prompts come as
+`local` requests: recorded in the session without decoding, answered with the prompts and the choices of
+candidate from which the page computes the masks itself. The server decodes them only when it needs the
+mask (Add object) or when the page goes back to server decoding.
 """
 
 import base64
@@ -19,14 +24,16 @@ import numpy as np
 from PIL import Image
 
 from ..export import color
+from .browser_decode import BrowserDecode
 from .service import Decoder, Embedded, Service, everything, model_info
-from .session import AppSession, ImageRef, SessionRegistry, parse_action
+from .session import AppSession, ImageRef, Prompt, SessionRegistry, parse_action
 
 logger = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 DISPLAY_MAX_SIDE = 1024
+LOCAL = ("point", "box", "undo", "choose", "choose_first")  # what a page that decodes itself only reports
 
-JS_FILES = ("canvas.js", "panel.js", "input.js")  # one script, in this order (they share its scope)
+JS_FILES = ("canvas.js", "decoder.js", "panel.js", "input.js")  # one script, in this order (they share its scope)
 # Before @children: the tool (toolbar, image, hints) and its side panel (masks, objects); @children: the
 # components placed inside the canvas in app.py (export, examples), below the panel on wide screens.
 
@@ -97,6 +104,13 @@ class CanvasServer:
     def __init__(self, service: Service, registry: SessionRegistry) -> None:
         self.service = service
         self.registry = registry
+        self.browser: BrowserDecode | None = None
+
+    def use_browser(self, browser: BrowserDecode | None) -> None:
+        """Let pages decode in the browser (None: every decode on the server)."""
+        self.browser = browser
+        if browser is not None:
+            browser.registry, browser.owner = self.registry, self.owner
 
     def decoder(self, session: AppSession) -> Decoder:
         image = session.require_image()
@@ -147,7 +161,14 @@ class CanvasServer:
     def _act(self, session: AppSession, data: dict[str, Any]) -> dict[str, Any]:
         action = parse_action(data, session.image)
         kind = action.type
-        if kind == "choose":
+        if data.get("local") is True and kind in LOCAL:
+            prompt = None
+            if kind in ("point", "box"):
+                prompt = Prompt("point", (action.x, action.y), action.label) if kind == "point" else Prompt(
+                    "box", action.box)
+            session.record(kind, prompt, action.index)
+            return {**self.view(session, None, data), "recorded": True}
+        if kind == "choose" and not session.stale:
             session.choose(action.index)
             return {"selected": session.selected}
         if kind in ("clear", "clear_all"):
@@ -163,6 +184,10 @@ class CanvasServer:
             obj = session.pick(action.index)
             return {**self.view(session, None, data), "message": f"Added {obj.name}."}
         decoder = self.decoder(session)
+        session.sync(decoder)
+        if kind == "choose":
+            session.choose(action.index)
+            return self.view(session, decoder, data)
         if kind == "hover":
             low_res, score = session.preview(decoder, action.x, action.y)
             mask = decoder.masks(low_res[None], display_size(*decoder.original_size))[0]
@@ -183,6 +208,7 @@ class CanvasServer:
     def view(self, session: AppSession, decoder: Decoder | None, data: dict[str, Any] | None = None) -> dict[str, Any]:
         """Prompts, candidate masks and (when the page's copy is out of date) objects, for the page."""
         out: dict[str, Any] = {"prompts": [p.as_json() for p in session.prompts], "selected": session.selected}
+        out["choices"] = [p.choice for p in session.prompts]  # the candidate picked after each prompt (None: best)
         out["candidates"] = []
         if session.low_res is not None and decoder is not None:
             size = display_size(*decoder.original_size)
@@ -237,6 +263,7 @@ class CanvasServer:
                 h, w = image.shape[:2]
                 session.set_image(ImageRef(key, w, h, name, path, shared), model_name)
                 view = self.view(session, None)
+                self._local(view, session, embedded)
         finally:
             session.job = None
         view.update(token=session.token, image={"key": key, "width": w, "height": h, "name": name}, rid=rid)
@@ -256,8 +283,19 @@ class CanvasServer:
             decoder = self.service.decoder(model_name, embedded.embedding)
             session.replay(decoder)
             view = self.view(session, decoder)
+            self._local(view, session, embedded)
         view.update(token=session.token, image={"key": image.key, "width": image.width, "height": image.height})
         return view, self.status(model_name, embedded)
+
+    def _local(self, view: dict[str, Any], session: AppSession, embedded: Embedded) -> None:
+        """Tell the page how to decode in the browser (view["local"]; None: on the server)."""
+        if self.browser is not None:
+            size = display_size(*embedded.embedding.original_size)
+            try:
+                view["local"] = self.browser.config(session, embedded.embedding.input_size, size)
+            except Exception:  # the page decodes on the server, as without browser decoding
+                logger.exception("browser decoding is not offered")
+                view["local"] = None
 
     def export(self, session: AppSession | None, folder: str | Path) -> Path:
         """All objects of the session in one zip (sam.export.build_zip) written into `folder`."""

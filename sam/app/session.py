@@ -101,6 +101,7 @@ class AppSession:
     progress: tuple[int, int] | None = None  # (done, total) of the running job
     cancel_run: int | None = None  # the run of segment everything that the page asked to stop
     _last: tuple | None = field(default=None, repr=False)  # the last decode: (inputs, mask_input, low_res, scores)
+    stale: bool = False  # the page decoded the prompts itself: candidates are computed here only when needed
 
     # image and model ---------------------------------------------------------------------------------
     def set_image(self, image: ImageRef, model_name: str) -> None:
@@ -163,6 +164,7 @@ class AppSession:
     def replay(self, decoder: DecoderLike) -> None:
         """Recompute the candidates from the prompts (after undo, or with another model)."""
         self.low_res = self.scores = self.first = None
+        self.stale = False
         self.selected = 0
         for n in range(1, len(self.prompts) + 1):
             self._step(decoder, n)
@@ -195,6 +197,38 @@ class AppSession:
         self.prompts = []
         self.low_res = self.scores = self.first = None
         self.selected = 0
+        self.stale = False
+
+    # prompts the page decodes itself (static/decoder.js) --------------------------------------------------
+    # Only recorded here, with the page's choices of candidate: `sync` decodes them, with the same steps as
+    # the page, when the server needs the mask (an object is added) or decodes again itself.
+    def record(self, kind: str, prompt: Prompt | None = None, index: int = 0) -> None:
+        """A "point" or "box" `prompt`, an "undo", or a "choose" / "choose_first" of candidate `index`."""
+        self.require_image()
+        if kind in ("point", "box"):
+            if len(self.prompts) >= MAX_PROMPTS:
+                raise ValueError(f"at most {MAX_PROMPTS} prompts per object: add the object or undo")
+            self.prompts.append(prompt)
+        elif kind == "undo":
+            if self.prompts:
+                self.prompts.pop()
+        elif kind in ("choose", "choose_first"):
+            target = self.prompts[-1 if kind == "choose" else 0] if self.prompts else None
+            offered = 3 if self.prompts and self.prompts[0].kind == "point" and (
+                kind == "choose_first" or len(self.prompts) == 1) else 1
+            if target is None or not 0 <= index < offered:
+                raise ValueError(f"no candidate {index}")
+            target.choice = index
+        else:
+            raise ValueError(f"{kind} is not recorded")
+        self.low_res = self.scores = self.first = None
+        self.selected = 0
+        self.stale = True
+
+    def sync(self, decoder: DecoderLike) -> None:
+        """Decode the prompts that were only recorded."""
+        if self.stale:
+            self.replay(decoder)
 
     def clear_all(self) -> None:
         """Prompts and objects (the everything masks stay)."""

@@ -31,6 +31,11 @@ MAX_BODY_KB = 1024  # request bodies other than uploads (JSON of the queue, API 
 EVERYTHING_RUNS = 2  # segment-everything runs at once (one per visitor); more are told "busy" at once
 MAX_EVERYTHING_MASKS = 255  # masks one segment-everything returns (the best by predicted IoU; one 8-bit label image)
 PRECISIONS = ("auto", "float32", "bfloat16")
+ONNX_DIR = Path(tempfile.gettempdir()) / "sam-onnx"  # decoders exported for the browser, one file per weights
+# ONNX Runtime Web for the page (static/decoder.js): a pinned release on a CDN, its script checked by this hash
+ORT_VERSION = "1.30.0"
+ORT_CDN = f"https://cdn.jsdelivr.net/npm/onnxruntime-web@{ORT_VERSION}/dist/"
+ORT_INTEGRITY = "sha384-N94xSNjPDbfBJj4+QINst0nbHpcCm8kc1qNlIP/wA0muqjR3aVyIuDkMeccPrLvQ"  # of dist/ort.min.js
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,8 @@ class Settings:
     everything_timeout_s: float = 300.0  # one "segment everything" request stops after this long
     everything: Mapping[str, Any] = field(default_factory=dict)  # SamAutomaticMaskGenerator arguments
     share_embeddings: bool = True  # one cache entry per image for everyone (see docs/limits.md, "Privacy")
+    browser_decode: bool = True  # the page decodes hovers and clicks itself when it can (docs/app.md)
+    ort_url: str = ORT_CDN  # onnxruntime-web's dist/ folder: an http(s) URL, or a local folder the app serves
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
@@ -76,6 +83,9 @@ class Settings:
             name, value = ENV["everything_timeout_s"], self.everything_timeout_s
             raise ValueError(f"{name} must be a positive number, got {value}")
         _check_generator_args(self.everything)
+        if not self.ort_url.startswith(("https://", "http://")) and not (Path(self.ort_url) / "ort.min.js").is_file():
+            raise ValueError(f"{ENV['ort_url']} must be an http(s) URL or a folder with ort.min.js (onnxruntime-web's "
+                             f"dist/), got {self.ort_url[:80]!r}")
         problem = model_problem(self.model)
         if problem:
             raise ValueError(problem)
@@ -94,6 +104,8 @@ ENV = {
     "everything_timeout_s": "SAM_EVERYTHING_TIMEOUT_S",
     "everything": "SAM_EVERYTHING",  # a JSON object, e.g. '{"points_per_side": 16}'
     "share_embeddings": "SAM_SHARE_EMBEDDINGS",  # 1 / 0 (also true / false, yes / no, on / off)
+    "browser_decode": "SAM_BROWSER_DECODE",  # 1 / 0
+    "ort_url": "SAM_ORT_URL",
 }
 BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 

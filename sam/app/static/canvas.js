@@ -1,8 +1,10 @@
-// The SAM canvas: gr.HTML's js_on_load (given element, trigger, props, server, upload, watch), in three files
-// sharing one scope: canvas.js (state, masks, drawing, talking to the server, long jobs), panel.js (candidate
-// masks, objects, segment everything) and input.js (pointer, touch, keys, toolbar, image files).
+// The SAM canvas: gr.HTML's js_on_load (given element, trigger, props, server, upload, watch), in four files
+// sharing one scope: canvas.js (state, masks, drawing, talking to the server, long jobs), decoder.js (decoding
+// in the browser), panel.js (candidate masks, objects, segment everything) and input.js (pointer, touch, keys,
+// toolbar, image files).
 // The image is shown from the user's own file (or sent once for examples); each click or hover asks the
-// server (server.sam_act) for small 1-bit PNG masks, which are coloured and drawn here over the image.
+// server (server.sam_act) for small 1-bit PNG masks, which are coloured and drawn here over the image; or,
+// once decoder.js has what it needs, hovers are answered here and clicks only reported to the server.
 // Requests go one at a time, clicks before hovers, so the server never sees one page's actions out of order.
 // Each request names the image it was made on, and answers about another image are dropped.
 const root = element;
@@ -252,6 +254,7 @@ function enqueue(action) {
 
 function requestHover(x, y, t0) {
   if (S.job || !S.ready) return;
+  if (localActive()) return hoverLocally(x, y, t0);
   S.pendingHover = { type: 'hover', x, y, hid: ++S.hoverId, t0, key: S.imageKey };
   pump();
 }
@@ -269,6 +272,10 @@ async function pump() {
   body.token = S.token;
   body.objects_version = S.objectsVersion;
   body.first_version = S.firstVersion;
+  if (localActive() && LOCAL_TYPES.includes(req.type)) {
+    body.local = true; // the server records it; the masks are computed here
+    speculate(req);
+  }
   let res;
   try {
     res = await Promise.race([server.sam_act(body), timeout(TIMEOUT_MS)]);
@@ -324,13 +331,18 @@ async function apply(req, res) {
 }
 
 async function applyState(v) {
+  let local = null;
+  if (v.recorded && localActive()) {
+    try { local = await localView(v); } catch (e) { localFailed(e); }
+  } else if ('prompts' in v && !v.prompts.length) LD.current = null;
   const [cands, first, objs] = await Promise.all([
-    'candidates' in v ? candidateMasks(v.candidates, 'selected' in v ? v.selected : S.selected) : null,
-    'first' in v ? masks(v.first, CANDIDATE) : null,
+    local ? local.cands : 'candidates' in v ? candidateMasks(v.candidates, 'selected' in v ? v.selected : S.selected) : null,
+    local ? local.first : 'first' in v ? masks(v.first, CANDIDATE) : null,
     'objects' in v ? masks(v.objects) : null,
   ]);
   if (v.everything) await setEverything(v.everything);
   if (cands) S.candidates = cands;
+  if (local) Object.assign(v, { selected: local.selected, first_selected: local.firstSelected, model: LD.cfg.model });
   if ('selected' in v) S.selected = v.selected;
   if ('prompts' in v) S.prompts = v.prompts;
   if ('model' in v) S.model = v.model;
@@ -350,7 +362,8 @@ async function applyState(v) {
 // ms: from the user's action to the answer drawn; answer_ms: to the answer received; server_ms: the server's work.
 function record(type, req, res) {
   if (!req.t0) return;
-  S.timings.push({ type, ms: performance.now() - req.t0, answer_ms: req.answered - req.t0, server_ms: res.ms });
+  const decode = res.decode || (res.recorded ? 'browser' : 'server');
+  S.timings.push({ type, ms: performance.now() - req.t0, answer_ms: req.answered - req.t0, server_ms: res.ms, decode });
   if (S.timings.length > 1000) S.timings.shift();
 }
 
@@ -385,6 +398,7 @@ watch('value', async () => {
     S.everything = null; S.everythingOn = false; S.styles.clear(); everythingButton();
   }
   S.ready = true;
+  if ('local' in v) prepareLocal(v.local); // in the background; the server decodes until it is ready
   await applyState(v);
   if (fresh) showStage();
 });

@@ -266,6 +266,7 @@ root.samDebug = {
     everything: S.everything ? { count: S.everything.count, shown: S.everythingOn, under: S.under } : null,
     hover: S.hover ? { x: S.hover.x, y: S.hover.y, score: S.hover.score } : null, message: S.message, error: S.error,
     busy: !!S.inflight || S.queue.length > 0, job: S.job ? S.job.kind : null, mode: S.mode, cursor: S.cursor,
+    decode: root.dataset.decode || 'server',
   }),
   timings: () => S.timings.slice(),
   labelAt: (x, y) => labelAt(x, y),
@@ -279,6 +280,14 @@ root.samDebug = {
     const c = debugLayer(which);
     const px = Math.floor((x * c.width) / S.width), py = Math.floor((y * c.height) / S.height);
     return c.getContext('2d').getImageData(px, py, 1, 1).data[3] > 0;
+  },
+  // A mask layer's pixels, row by row: '1' where it covers, '0' elsewhere.
+  maskBits: (which) => {
+    const c = debugLayer(which);
+    const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let bits = '';
+    for (let i = 3; i < data.length; i += 4) bits += data[i] ? '1' : '0';
+    return bits;
   },
   // A mask layer as {width, height, count, box: [x0, y0, x1, y1]}.
   maskInfo: (which) => {
