@@ -44,7 +44,7 @@ def layout(h: Handlers) -> SimpleNamespace:
         gr.Markdown("# Segment Anything\nClick an object, drag a box around it, or rest the cursor on it.",
                     elem_id="sam-title")
         # labelled with each model's embedding time here; the values stay the model names
-        ui.model = gr.Dropdown(h.model_labels(), value=h.model_name, label="Model", scale=0, min_width=200,
+        ui.model = gr.Dropdown(h.model_labels(), value=h.model_name, label="Model", scale=0, min_width=300,
                                elem_id="sam-model")
         ui.status = gr.Markdown("Loading the model…", elem_id="sam-status")
     with sam_canvas(h.canvas, elem_id="sam-canvas") as ui.canvas, gr.Column(elem_id="sam-side"):
