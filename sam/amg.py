@@ -152,7 +152,8 @@ _EPS = 1e-6
 
 
 class _Axis:
-    """One axis of `Sam.postprocess_masks`: low-res -> img_size (bilinear), keep `valid`, -> `out` (bilinear).
+    """One axis of `Sam.postprocess_masks`: low-res -> img_size (bilinear), keep `valid`, -> `out` (bilinear);
+    with img_size None, low-res -> `out` in one bilinear step (`Sam2.postprocess_masks`).
 
     Every output pixel is a convex combination of a few consecutive low-res samples. Consecutive pixels
     that use the same samples form a band: band b covers output pixels [start, start + length) and
@@ -160,10 +161,11 @@ class _Axis:
     (span x width, zero on repeats and past `length`).
     """
 
-    def __init__(self, low: int, img_size: int, valid: int, out: int) -> None:
+    def __init__(self, low: int, img_size: int | None, valid: int, out: int) -> None:
         # Interpolating the identity along one axis gives the out x low weight matrix of that axis.
-        eye = torch.eye(low, dtype=torch.float64).view(1, low, low, 1)
-        a = F.interpolate(eye, size=(img_size, 1), mode="bilinear", align_corners=False)[:, :, :valid]
+        a = torch.eye(low, dtype=torch.float64).view(1, low, low, 1)
+        if img_size is not None:
+            a = F.interpolate(a, size=(img_size, 1), mode="bilinear", align_corners=False)[:, :, :valid]
         a = F.interpolate(a, size=(out, 1), mode="bilinear", align_corners=False)[0, :, :, 0].T
         used = a != 0
         first = used.int().argmax(1)
@@ -220,6 +222,8 @@ class _Axis:
 class LowResMasks:
     """`Sam.postprocess_masks(logits) > t` (pixel counts, boxes, masks), mostly without full-resolution logits.
 
+    With img_size None, the logits go to original_size in one bilinear step (SAM 2; input_size is unused).
+
     Each output pixel is a convex combination (bilinear weights, two stages) of a few low-res samples,
     so its logit lies between their min and max. Pixels that use the same samples form a cell (a row
     band times a column band: 4x4 pixels for a 1024 model on a 1024-wide image). A cell whose min is
@@ -233,16 +237,22 @@ class LowResMasks:
     dense_fraction = 0.05  # upsample a mask whole when more of its cells than this are undecided
 
     def __init__(
-        self, low_size: tuple[int, int], img_size: int, input_size: tuple[int, int], original_size: tuple[int, int]
+        self,
+        low_size: tuple[int, int],
+        img_size: int | None,
+        input_size: tuple[int, int],
+        original_size: tuple[int, int],
     ) -> None:
         self.rows = _Axis(low_size[0], img_size, input_size[0], original_size[0])
         self.cols = _Axis(low_size[1], img_size, input_size[1], original_size[1])
         self.img_size, self.input_size, self.size = img_size, tuple(input_size), tuple(original_size)
         self.chunk = max(1, 2**20 // (self.rows.valid.shape[1] * self.cols.valid.shape[1]))
-        self.dense_chunk = max(1, 2**24 // (img_size * img_size + self.size[0] * self.size[1]))
+        self.dense_chunk = max(1, 2**24 // ((img_size or 0) ** 2 + self.size[0] * self.size[1]))
 
     def upsample(self, logits: torch.Tensor) -> torch.Tensor:
-        """Kxhxw -> KxHxW logits, as `Sam.postprocess_masks`."""
+        """Kxhxw -> KxHxW logits, as `Sam.postprocess_masks` (`Sam2.postprocess_masks` without img_size)."""
+        if self.img_size is None:
+            return F.interpolate(logits[:, None], self.size, mode="bilinear", align_corners=False)[:, 0]
         x = F.interpolate(logits[:, None], (self.img_size, self.img_size), mode="bilinear", align_corners=False)
         x = x[..., : self.input_size[0], : self.input_size[1]]
         if tuple(x.shape[-2:]) == self.size:  # resizing to the same size copies every value exactly

@@ -1,6 +1,7 @@
 """SamAutomaticMaskGenerator: masks for everything in an image, from a grid of point prompts (Meta's API).
 
-It returns the records of segment-anything's generator, computed in another order. Meta upsamples
+It returns the records of segment-anything's generator (of sam2's `SAM2AutomaticMaskGenerator` given a
+SAM 2 model: see sam/automatic_sam2.py), computed in another order. Meta upsamples
 the three candidate masks of every point to the full image before it filters them; here the filters
 (predicted IoU, stability score, boxes near crop edges) and the NMS are decided from the low-res
 logits (`LowResMasks` gives the exact full-resolution counts and boxes from them, evaluating pixels
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import masks
+from . import automatic_sam2, masks
 from .allocator import release_free_memory
 from .amg import (
     LowResMasks,
@@ -29,6 +30,7 @@ from .amg import (
 from .deadline import Deadline
 from .logit_store import LogitStore
 from .modeling.sam import Sam
+from .modeling.sam2 import Sam2
 from .predictor import ImageEmbedding, SamPredictor
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
@@ -54,10 +56,10 @@ def _cat(parts: list[Candidates]) -> Candidates:
 class SamAutomaticMaskGenerator:
     def __init__(
         self,
-        model: Sam,
+        model: Sam | Sam2,
         points_per_side: int | None = 32,
         points_per_batch: int = 64,
-        pred_iou_thresh: float = 0.88,
+        pred_iou_thresh: float | None = None,
         stability_score_thresh: float = 0.95,
         stability_score_offset: float = 1.0,
         box_nms_thresh: float = 0.7,
@@ -69,8 +71,15 @@ class SamAutomaticMaskGenerator:
         min_mask_region_area: int = 0,
         output_mode: str = "binary_mask",
         logits_memory_mb: int = 256,
+        mask_threshold: float | None = None,
+        use_m2m: bool = False,
+        multimask_output: bool = True,
+        object_score_thresh: float | None = None,
     ) -> None:
-        """Arguments and defaults are those of segment-anything's generator (its docstring explains each).
+        """Arguments and defaults are those of segment-anything's generator (its docstring explains each), or
+        with a SAM 2 model those of sam2's SAM2AutomaticMaskGenerator: pred_iou_thresh None is 0.88 (SAM) or
+        0.8 (SAM 2); mask_threshold None is the model's (0.0); use_m2m, multimask_output and
+        object_score_thresh (ours, no gate when None) take SAM 2 models only: see sam/automatic_sam2.py.
 
         point_grids: one Nx2 grid of points in [0, 1] per crop layer, instead of points_per_side.
         output_mode: "binary_mask" (HxW bool arrays), "uncompressed_rle" or "coco_rle" (compressed counts).
@@ -79,6 +88,11 @@ class SamAutomaticMaskGenerator:
         """
         _check_settings(model, points_per_side, point_grids, crop_n_layers, crop_n_points_downscale_factor,
                         points_per_batch, output_mode, logits_memory_mb)
+        self.is_sam2 = isinstance(model, Sam2)
+        if not self.is_sam2 and (use_m2m or not multimask_output or object_score_thresh is not None):
+            raise ValueError("use_m2m, multimask_output and object_score_thresh are settings of SAM 2 models")
+        if pred_iou_thresh is None:
+            pred_iou_thresh = automatic_sam2.PRED_IOU_THRESH if self.is_sam2 else 0.88
         if points_per_side is not None:
             point_grids = build_all_layer_point_grids(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
         self.logits_memory_mb = logits_memory_mb
@@ -95,6 +109,8 @@ class SamAutomaticMaskGenerator:
         self.crop_n_points_downscale_factor = crop_n_points_downscale_factor
         self.min_mask_region_area = min_mask_region_area
         self.output_mode = output_mode
+        self.mask_threshold = model.mask_threshold if mask_threshold is None else mask_threshold
+        self.use_m2m, self.multimask_output, self.object_score_thresh = use_m2m, multimask_output, object_score_thresh
         self._grids: dict[tuple, LowResMasks] = {}
 
     @torch.no_grad()
@@ -117,7 +133,7 @@ class SamAutomaticMaskGenerator:
         sam.deadline.TimeLimitError (the generator keeps no state from a stopped run).
         max_masks: return only the records that come first when all are sorted by predicted IoU (a stable
         sort), in their usual order; the others are not upsampled. With min_mask_region_area > 0 every
-        mask is made first (its second NMS can change which ones remain).
+        mask is made first with SAM (its second NMS can change which ones remain).
         """
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -145,7 +161,7 @@ class SamAutomaticMaskGenerator:
             data, grids = self._candidates(image, embedding, crop_boxes, layer_idxs, advance, store)
             if data is None:
                 return []
-            if max_masks is not None and self.min_mask_region_area <= 0:
+            if max_masks is not None and (self.min_mask_region_area <= 0 or self.is_sam2):
                 best = torch.sort(torch.argsort(-data["iou"], stable=True)[:max_masks]).values
                 data = _take(data, best)
             records = self._records(data, crop_boxes, grids, orig_size, store, deadline)
@@ -242,25 +258,34 @@ class SamAutomaticMaskGenerator:
         data["crop"] = torch.full((len(keep),), crop_index, dtype=torch.int64)
         return data, grid
 
-    def _process_batch(
-        self, points: np.ndarray, crop_size: tuple[int, int], crop_box: list[int], orig_size: tuple[int, int]
-    ) -> tuple[Candidates, LowResMasks]:
+    def _decode_batch(self, points: np.ndarray, crop_size: tuple[int, int], crop_box: list[int]) -> Candidates:
+        """Nx2 grid points (crop pixels) -> logits Kxhxw, iou K and points Kx2 of the candidates, unfiltered."""
+        if self.is_sam2:
+            return automatic_sam2.candidates(
+                self.predictor, points, crop_size, multimask_output=self.multimask_output, use_m2m=self.use_m2m,
+                object_score_thresh=self.object_score_thresh, min_region_area=self.min_mask_region_area,
+                batch=DECODER_BATCH,
+            )  # fmt: skip
         transformed = self.predictor.transform.apply_coords(points, crop_size)
         in_points = torch.as_tensor(transformed, device=self.predictor.device)
         logits, iou = self.predict_low_res(in_points, crop_box)
-        n_masks = logits.shape[1]
-        data = {
+        return {
             "logits": logits.flatten(0, 1).float().cpu(),
             "iou": iou.flatten(0, 1).float().cpu(),
-            "points": torch.as_tensor(points.repeat(n_masks, axis=0)),
+            "points": torch.as_tensor(points.repeat(logits.shape[1], axis=0)),
         }
+
+    def _process_batch(
+        self, points: np.ndarray, crop_size: tuple[int, int], crop_box: list[int], orig_size: tuple[int, int]
+    ) -> tuple[Candidates, LowResMasks]:
+        data = self._decode_batch(points, crop_size, crop_box)
         if self.pred_iou_thresh > 0.0:
             data = _take(data, data["iou"] > self.pred_iou_thresh)
         # Stability score: pixels above threshold + offset over pixels above threshold - offset at full
         # resolution, with Meta's int32 / int32 -> float32. A mask whose score cannot reach the threshold
         # even at the bounds of its counts (upper bound of the first over lower bound of the second) is
         # dropped before the exact counts; the small margin covers rounding of Meta's float32 score.
-        t = self.predictor.model.mask_threshold
+        t = self.mask_threshold
         thresholds = (t + self.stability_score_offset, t - self.stability_score_offset, t)
         grid = self._grid(tuple(data["logits"].shape[-2:]), crop_size)
         if self.stability_score_thresh > 0.0:
@@ -276,14 +301,15 @@ class SamAutomaticMaskGenerator:
 
     def _grid(self, low_size: tuple[int, int], crop_size: tuple[int, int]) -> LowResMasks:
         """The upsampling of this predictor's low-res logits to crop_size (cached: crops share sizes)."""
-        key = (low_size, self.predictor.model.img_size, self.predictor.input_size, crop_size)
+        img_size = None if self.is_sam2 else self.predictor.model.img_size  # SAM 2: straight to the crop size
+        key = (low_size, img_size, self.predictor.input_size, crop_size)
         if key not in self._grids:
             self._grids[key] = LowResMasks(*key)
         return self._grids[key]
 
     def _masks(self, data: Candidates, grids: list, store: LogitStore) -> Iterator[np.ndarray]:
         """The candidates' masks at their crop's size, one at a time, in order (runs of one crop batched)."""
-        t = self.predictor.model.mask_threshold
+        t = self.mask_threshold
         crops = data["crop"].tolist()
         start = 0
         while start < len(crops):
@@ -315,7 +341,7 @@ class SamAutomaticMaskGenerator:
                 full = np.zeros((h, w), dtype=bool)
                 full[y0:y1, x0:x1] = mask
                 mask = full
-            if self.min_mask_region_area > 0:
+            if self.min_mask_region_area > 0 and not self.is_sam2:  # SAM 2 did it on the low-res logits
                 mask, holes = remove_small_regions(mask, self.min_mask_region_area, "holes")
                 mask, islands = remove_small_regions(mask, self.min_mask_region_area, "islands")
                 changed.append(holes or islands)
@@ -329,20 +355,21 @@ class SamAutomaticMaskGenerator:
             else:
                 segmentations.append(masks.encode_coco_rle(mask))
         order = list(range(len(segmentations)))
-        if self.min_mask_region_area > 0 and order:
+        if self.min_mask_region_area > 0 and order and not self.is_sam2:
             # As Meta: rerun NMS on the new boxes, preferring the masks that did not change.
             scores = torch.tensor([0.0 if c else 1.0 for c in changed])
             nms_thresh = max(self.box_nms_thresh, self.crop_nms_thresh)
             order = batched_nms(torch.tensor(boxes).float(), scores, torch.zeros(len(order)), nms_thresh).tolist()
+        number = float if self.is_sam2 else int  # sam2's generator reports boxes as floats
         return [
             {
                 "segmentation": segmentations[i],
                 "area": areas[i],
-                "bbox": box_xyxy_to_xywh(boxes[i]),
+                "bbox": [number(v) for v in box_xyxy_to_xywh(boxes[i])],
                 "predicted_iou": data["iou"][i].item(),
                 "point_coords": [data["points"][i].tolist()],
                 "stability_score": data["stability"][i].item(),
-                "crop_box": box_xyxy_to_xywh(crop_boxes[int(data["crop"][i])]),
+                "crop_box": [number(v) for v in box_xyxy_to_xywh(crop_boxes[int(data["crop"][i])])],
             }
             for i in order
         ]
@@ -355,7 +382,7 @@ def _inclusive_box(mask: np.ndarray) -> list[int]:
 
 
 def _check_settings(
-    model: Sam,
+    model: Sam | Sam2,
     points_per_side: int | None,
     point_grids: list[np.ndarray] | None,
     crop_n_layers: int,
@@ -365,11 +392,6 @@ def _check_settings(
     logits_memory_mb: int,
 ) -> None:
     """Raise ValueError naming the first setting the generator cannot use."""
-    if not model.keeps_aspect_ratio:  # SAM 2: its masks are upsampled and gated differently
-        raise ValueError(
-            "segment everything takes a SAM model (ViT, MobileSAM, SlimSAM); with SAM 2 it is not available yet: "
-            "prompt the objects one by one, or use sam-vit-base or mobile-sam"
-        )
     if crop_n_layers < 0:
         raise ValueError(f"crop_n_layers must be >= 0, got {crop_n_layers}")
     if crop_n_points_downscale_factor < 1:
