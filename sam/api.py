@@ -231,7 +231,8 @@ class SAM:
 
         With prompts: one mask per object (three with multimask_output=True). Without: segment everything,
         with the docs' crop_n_layers, points_stride, points_batch_size, conf_thres, stability_score_thresh,
-        ... or SamAutomaticMaskGenerator's own argument names. Other keywords (conf, verbose, save, device,
+        ... or SamAutomaticMaskGenerator's own argument names (multimask_output=False given with no prompt:
+        one mask per point, SAM 2 models only). Other keywords (conf, verbose, save, device,
         ...) are those of sam.arguments.Options; the ones that have no meaning for SAM raise ValueError
         saying why.
         """
@@ -245,6 +246,8 @@ class SAM:
         if prompts is not None and everything:
             raise ValueError(f"{', '.join(everything)}: segment-everything settings (no prompt), not for prompts")
         generator_args = everything_arguments(everything) if prompts is None else {}
+        if prompts is None and "multimask_output" in kwargs:  # with no prompt: the SAM 2 generator's setting
+            generator_args["multimask_output"] = options.multimask_output
         if source is None and self._image is None:
             raise ValueError("no image: pass a source (path, folder, glob, array, PIL image or tensor) first")
         items = expand(source) if source is not None else [Item(self._path, lambda: self._image)]

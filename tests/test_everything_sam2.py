@@ -278,3 +278,56 @@ def test_progress_deadline_max_masks_and_memory(twins, image):
     with pytest.raises(TimeLimitError, match="0 of 64 points done"):
         generator.generate(image, deadline=Deadline(0.0, "segment everything"))
     assert not generator.predictor.is_image_set
+
+
+@pytest.fixture
+def sam2_on_hub(local_hub, checkpoints):
+    """sam2.1_t.pt (facebook/sam2.1-hiera-tiny) on the loopback Hub: tiny random weights in Meta's layout."""
+    local_hub.add("facebook/sam2.1-hiera-tiny", {"sam2.1_hiera_tiny.pt": checkpoints.sam2_meta()})
+    return local_hub
+
+
+def test_the_facade_segments_everything_with_sam2(sam2_on_hub, image):
+    """SAM("sam2.1_t.pt") with no prompt: the generator's records, its SAM 2 settings passed through."""
+    from sam import SAM
+
+    model = SAM("sam2.1_t.pt")
+    bgr = np.ascontiguousarray(image[..., ::-1])
+    settings = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0, use_m2m=True)
+    settings["multimask_output"] = False
+    r = model(bgr, points_stride=4, verbose=False, **settings)[0]
+    records = SamAutomaticMaskGenerator(model.model, points_per_side=4, **settings).generate(image)
+    assert len(records) >= 3 and len(r) == len(records)
+    np.testing.assert_array_equal(r.masks.data.numpy(), np.stack([rec["segmentation"] for rec in records]))
+    np.testing.assert_allclose(r.scores, [rec["predicted_iou"] for rec in records], rtol=1e-6)
+    model(bgr, points_stride=4, verbose=False)
+    assert model._generator[1].pred_iou_thresh == 0.8  # sam2's default, where SAM's is 0.88
+
+
+def test_the_cli_segments_everything_with_sam2(sam2_on_hub, image, tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from sam import masks
+    from sam.cli import main
+    from sam.weights import load_model
+
+    Image.fromarray(image).save(tmp_path / "scene.png")
+    args = ["--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0", "--use-m2m"]
+    args += ["--box-nms-thresh", "1"]
+    out = tmp_path / "out"
+    code = main(["everything", str(tmp_path / "scene.png"), "--output", str(out), "--model", "sam2.1_t.pt",
+                 "--format", "coco", "--single-mask", *args])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    records = json.loads((out / "scene.json").read_text())
+    settings = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
+    model = load_model("sam2.1_t.pt")
+    want = SamAutomaticMaskGenerator(model, use_m2m=True, multimask_output=False, **settings).generate(image)
+    assert len(records) == len(want) >= 3
+    for got, ref in zip(records, want):
+        assert got["bbox"] == ref["bbox"] and got["point_coords"] == ref["point_coords"]
+        assert np.array_equal(masks.decode_coco_rle(got["segmentation"]), ref["segmentation"])
+    code = main(["everything", str(tmp_path / "scene.png"), "--output", str(out), "--overwrite", "--use-m2m",
+                 "--model", "random:tiny_vit"])  # fmt: skip
+    assert code == 2 and "settings of SAM 2 models" in capsys.readouterr().err

@@ -40,7 +40,7 @@ def _count(minimum: int):
 SETTINGS = {
     "points_per_side": (_count(1), "points along each side of the image grid (default 32)"),
     "points_per_batch": (_count(1), "points run through the decoder at once (default 64)"),
-    "pred_iou_thresh": (float, "drop masks whose predicted IoU is not above this (default 0.88)"),
+    "pred_iou_thresh": (float, "drop masks whose predicted IoU is not above this (default 0.88; SAM 2: 0.8)"),
     "stability_score_thresh": (float, "drop masks less stable than this (default 0.95)"),
     "stability_score_offset": (float, "logit offset of the stability score (default 1.0)"),
     "box_nms_thresh": (float, "box IoU above which a duplicate mask is dropped (default 0.7)"),
@@ -49,6 +49,13 @@ SETTINGS = {
     "crop_overlap_ratio": (float, "overlap of the crops of the first crop layer (default 512/1500)"),
     "crop_n_points_downscale_factor": (_count(1), "points per side shrink by this in each crop layer (default 1)"),
     "min_mask_region_area": (_count(0), "fill holes and drop islands smaller than this, in pixels (default 0)"),
+    "mask_threshold": (float, "logit above which a pixel is in a mask (default 0.0)"),
+    "object_score_thresh": (float, "SAM 2: drop the masks of points whose object-score logit is not above this"),
+}
+# SAM 2 switches (sam2's SAM2AutomaticMaskGenerator): flag -> (setting, value when given, help).
+SWITCHES = {
+    "use_m2m": ("use_m2m", True, "SAM 2: decode each mask again with itself as the mask prompt"),
+    "single_mask": ("multimask_output", False, "SAM 2: one mask per point instead of three"),
 }
 
 
@@ -63,9 +70,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--overwrite", action="store_true",
         help="replace the results of an earlier run (without it, --ray skips the images whose results are complete)",
     )  # fmt: skip
-    settings = p.add_argument_group("generator settings (segment-anything's SamAutomaticMaskGenerator)")
+    settings = p.add_argument_group("generator settings (SamAutomaticMaskGenerator: segment-anything's, sam2's)")
     for name, (kind, text) in SETTINGS.items():
         settings.add_argument("--" + name.replace("_", "-"), type=kind, metavar=kind.__name__.upper(), help=text)
+    for flag, (_, _, text) in SWITCHES.items():
+        settings.add_argument("--" + flag.replace("_", "-"), action="store_true", help=text)
     add_ray_arguments(p)
     p.set_defaults(func=run)
     return p
@@ -80,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     paths = find_images(args.source)
     output = Path(args.output)
     settings = {k: getattr(args, k) for k in SETTINGS if getattr(args, k) is not None}
+    settings |= {name: value for flag, (name, value, _) in SWITCHES.items() if getattr(args, flag)}
     existing = [output / t for t in EverythingJob(None, output, args.format).targets(paths) if (output / t).exists()]
     if existing and not args.overwrite and ray["engine"] == "local":  # with --ray, a rerun resumes
         raise CliError(f"{existing[0]} exists (pass --overwrite to replace earlier results)", EXIT_USAGE)
