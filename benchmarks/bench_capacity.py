@@ -103,7 +103,10 @@ def warm_up(url: str) -> None:
 
 def measure(url: str, n: int, pages: int, schedule: Schedule, duration_s: float, seed: int = 0) -> dict:
     """Run n visitors (the first `pages` of them real pages) for duration_s seconds -> the row for n."""
+    start = time.perf_counter()
     warm_up(url)
+    warm_s = time.perf_counter() - start
+    print(f"N={n}: warmed up in {warm_s:.0f} s, measuring for {duration_s:.0f} s", file=sys.stderr, flush=True)
     load_before = os.getloadavg()
     pages = min(pages, n)
     samples: list[Samples | None] = [None] * n
@@ -132,7 +135,7 @@ def measure(url: str, n: int, pages: int, schedule: Schedule, duration_s: float,
             t.start()
         for t in threads:
             t.join()
-    return row(n, pages, samples, load.result, load_before, os.getloadavg())
+    return {**row(n, pages, samples, load.result, load_before, os.getloadavg()), "warm_up_s": round(warm_s, 1)}
 
 
 def row(n: int, pages: int, samples: list[Samples], load: dict, before, after) -> dict:
