@@ -1,13 +1,15 @@
-"""Segment everything: segment-anything's SamAutomaticMaskGenerator against ours, same weights, same image.
+"""Segment everything: Meta's generator against ours, same weights, same image.
 
-ViT-B with random weights (the same in both), a 1024x768 image, a 32x32 point grid, fp32. The image
-embedding is computed once and handed to both generators, so the times are the generator's own work
-(decoder, thresholds, NMS, masks). Prints a markdown table: median times, the ratio, the record count of
-each and how many records are identical (bbox, area and mask). Meta's generator takes minutes on a
-2-core CPU: --meta-runs 1 is the default, and its single time is reported as its median.
+ViT-B (segment-anything's SamAutomaticMaskGenerator) or, with --model hiera_tiny, SAM 2.1 Hiera-T (sam2's
+SAM2AutomaticMaskGenerator), random weights (the same in both), a 1024x768 image, a 32x32 point grid,
+fp32. Each side's image embedding is computed once and handed to its generator, so the times are the
+generator's own work (decoder, thresholds, NMS, masks). Prints a markdown table: median times, the ratio,
+the record count of each and how many records are identical (bbox, area and mask). Meta's generator takes
+minutes on a 2-core CPU: --meta-runs 1 is the default, and its single time is reported as its median.
 
     python benchmarks/bench_everything.py                  # default thresholds
     python benchmarks/bench_everything.py --thresholds zero --runs 1
+    python benchmarks/bench_everything.py --model hiera_tiny
 """
 
 import argparse
@@ -25,16 +27,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from segment_anything import SamAutomaticMaskGenerator as MetaGenerator  # noqa: E402
 
+from sam import automatic_sam2  # noqa: E402
 from sam.allocator import reuse_freed_memory  # noqa: E402
-from sam.automatic import SamAutomaticMaskGenerator  # noqa: E402
+from sam.automatic import DECODER_BATCH, SamAutomaticMaskGenerator  # noqa: E402
 from sam.build import CONFIGS  # noqa: E402
-from sam.predictor import ImageEmbedding  # noqa: E402
+from sam.predictor import ImageEmbedding, SamPredictor  # noqa: E402
 from tests.helpers.reference import test_image, twin_models  # noqa: E402
 
 THRESHOLDS = {
-    "default": dict(pred_iou_thresh=0.88, stability_score_thresh=0.95),
+    "default": {},  # each generator's own: pred_iou_thresh 0.88 (SAM) or 0.8 (SAM 2), stability_score_thresh 0.95
     "zero": dict(pred_iou_thresh=0.0, stability_score_thresh=0.0),
 }
+MODELS = {"vit_b": "ViT-B", "hiera_tiny": "SAM 2.1 Hiera-T"}
 
 
 def cpu_name() -> str:
@@ -65,6 +69,22 @@ def give_meta_the_embedding(generator: MetaGenerator, features: torch.Tensor, im
     predictor.set_image = set_image
 
 
+def give_meta_sam2_its_embedding(generator, image: np.ndarray) -> float:
+    """sam2's generator embeds each crop with predictor.set_image: embed the image once (returns the
+    seconds) and hand those features back on every call."""
+    predictor = generator.predictor
+    t, _ = timed(lambda: predictor.set_image(image))
+    features, orig_hw = predictor._features, predictor._orig_hw
+
+    def set_image(crop: np.ndarray) -> None:
+        assert crop.shape == image.shape, "only the whole-image crop has a precomputed embedding"
+        predictor.reset_predictor()
+        predictor._features, predictor._orig_hw, predictor._is_image_set = features, orig_hw, True
+
+    predictor.set_image = set_image
+    return t
+
+
 def decoder_time(generator: SamAutomaticMaskGenerator, embedding: ImageEmbedding) -> float:
     """Seconds the mask decoder alone takes for the generator's points, in its batches.
 
@@ -74,10 +94,15 @@ def decoder_time(generator: SamAutomaticMaskGenerator, embedding: ImageEmbedding
     predictor.set_embedding(embedding)
     grid = generator.point_grids[0] * np.array(embedding.original_size)[None, ::-1]
     points = torch.as_tensor(predictor.transform.apply_coords(grid, embedding.original_size))
+    if generator.is_sam2:
+        points = automatic_sam2.input_points(grid, embedding.original_size, predictor.model.img_size)[1]
     start = time.perf_counter()
     with torch.no_grad():
         for batch in points.split(generator.points_per_batch):
-            generator.predict_low_res(batch, [0, 0, *embedding.original_size[::-1]])
+            if generator.is_sam2:
+                automatic_sam2.decode_points(predictor, batch, None, True, DECODER_BATCH)
+            else:
+                generator.predict_low_res(batch, [0, 0, *embedding.original_size[::-1]])
     predictor.reset_image()
     return time.perf_counter() - start
 
@@ -88,6 +113,7 @@ def identical(a: dict, b: dict) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=list(MODELS), default="vit_b")
     parser.add_argument("--thresholds", choices=("default", "zero", "both"), default="default")
     parser.add_argument("--runs", type=int, default=3, help="runs of ours (median)")
     parser.add_argument("--meta-runs", type=int, default=1, help="runs of segment-anything's generator (median)")
@@ -100,30 +126,50 @@ def main() -> None:
         reuse_freed_memory()
 
     torch.manual_seed(args.seed)
-    ref_model, our_model = twin_models(CONFIGS["vit_b"], seed=args.seed)
+    sam2 = args.model != "vit_b"
+    if sam2:
+        from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+
+        from sam.build_sam2 import CONFIGS as SAM2_CONFIGS
+        from tests.helpers.sam2_reference import twin_sam2
+
+        ref_model, our_model = twin_sam2(SAM2_CONFIGS[args.model], seed=args.seed)
+    else:
+        ref_model, our_model = twin_models(CONFIGS["vit_b"], seed=args.seed)
     image = test_image(768, 1024, seed=args.seed)
     load_before = os.getloadavg()
-    start = time.perf_counter()
-    with torch.no_grad():
-        x = our_model.preprocess(torch.as_tensor(image).permute(2, 0, 1)[None].float())
-        features = our_model.image_encoder(x)
-    embed_s = time.perf_counter() - start
-    embedding = ImageEmbedding(features, (768, 1024), (768, 1024))
+    if sam2:
+        predictor = SamPredictor(our_model)
+        embed_s, _ = timed(lambda: predictor.set_image(image))
+        embedding = predictor.embedding
+    else:
+        start = time.perf_counter()
+        with torch.no_grad():
+            x = our_model.preprocess(torch.as_tensor(image).permute(2, 0, 1)[None].float())
+            features = our_model.image_encoder(x)
+        embed_s = time.perf_counter() - start
+        embedding = ImageEmbedding(features, (768, 1024), (768, 1024))
 
     every_mask = SamAutomaticMaskGenerator(our_model, points_per_side=args.points_per_side, pred_iou_thresh=0.0)
     decoder_s = decoder_time(every_mask, embedding)
     print(f"decoder alone: {decoder_s:.1f} s", file=sys.stderr, flush=True)
+    reference = "sam2" if sam2 else "segment-anything"
+    meta_embed_s = 0.0
     rows = []
     for name in ("default", "zero") if args.thresholds == "both" else (args.thresholds,):
         settings = dict(points_per_side=args.points_per_side, **THRESHOLDS[name])
-        meta = MetaGenerator(ref_model, **settings)
-        give_meta_the_embedding(meta, features, image)
+        if sam2:
+            meta = SAM2AutomaticMaskGenerator(ref_model, **settings)
+            meta_embed_s = give_meta_sam2_its_embedding(meta, image)
+        else:
+            meta = MetaGenerator(ref_model, **settings)
+            give_meta_the_embedding(meta, features, image)
         ours = SamAutomaticMaskGenerator(our_model, **settings)
         meta_times, our_times = [], []
         for _ in range(args.meta_runs):
             t, ref_records = timed(lambda g=meta: g.generate(image))
             meta_times.append(t)
-            print(f"[{name}] segment-anything: {t:.1f} s, {len(ref_records)} records", file=sys.stderr, flush=True)
+            print(f"[{name}] {reference}: {t:.1f} s, {len(ref_records)} records", file=sys.stderr, flush=True)
         for _ in range(args.runs):
             t, our_records = timed(lambda g=ours: g.generate(image, embedding=embedding))
             our_times.append(t)
@@ -133,15 +179,16 @@ def main() -> None:
         rows.append((name, m, len(meta_times), o, len(our_times), m / o, len(ref_records), len(our_records), same))
 
     print(
-        f"\nSegment everything, ViT-B (random weights, same in both), 1024x768, {args.points_per_side}x"
-        f"{args.points_per_side} grid, fp32, embedding excluded (computed once: {embed_s:.1f} s)."
+        f"\nSegment everything, {MODELS[args.model]} (random weights, same in both), 1024x768, {args.points_per_side}x"
+        f"{args.points_per_side} grid, fp32, embedding excluded (computed once: {embed_s:.1f} s"
+        + (f"; sam2's own: {meta_embed_s:.1f} s)." if sam2 else ").")
     )
     print(
         f"CPU: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"malloc {args.malloc}; "
         f"load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after (a shared machine).\n"
     )
-    print("| thresholds | segment-anything | ours | speed-up | records (segment-anything / ours / identical) |")
+    print(f"| thresholds | {reference} | ours | speed-up | records ({reference} / ours / identical) |")
     print("| --- | --- | --- | --- | --- |")
     for name, m, mn, o, on, ratio, nr, no, same in rows:
         times = f"{m:.1f} s (median of {mn}) | {o:.2f} s (median of {on})"
