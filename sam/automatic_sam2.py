@@ -82,7 +82,7 @@ def candidates(
     n_masks = low.shape[1]
     pts, in_pts = pts.repeat_interleave(n_masks, 0), in_pts.repeat_interleave(n_masks, 0)
     low, iou = low.flatten(0, 1), iou.flatten(0, 1)
-    if use_m2m:
+    if use_m2m and len(low):
         # Meta's predictor hands back its low-res logits clamped; the refinement is prompted with those.
         low, iou, _ = decode_points(predictor, in_pts, low.clamp(-32.0, 32.0)[:, None], False, batch)
         low, iou = low[:, 0], iou[:, 0]

@@ -178,6 +178,8 @@ def test_object_score_gate(twins, image):
     assert 3 <= len(want) < len(ungated)
     assert_identical(got, want)
     assert_identical(SamAutomaticMaskGenerator(ours, object_score_thresh=-np.inf, **kwargs).generate(image), ungated)
+    nothing = SamAutomaticMaskGenerator(ours, points_per_side=2, use_m2m=True, object_score_thresh=np.inf)
+    assert nothing.generate(image) == []
 
 
 def test_small_regions_as_metas_kernel(twins, image, monkeypatch):
