@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import LayerNorm2d, MLPBlock
+from .common import LayerNorm2d, MLPBlock, linear
 
 
 class ImageEncoderViT(nn.Module):
@@ -123,7 +123,7 @@ class Attention(nn.Module):
         """BxHxWxC -> BxHxWxC."""
         B, H, W, _ = x.shape
         N = H * W
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        qkv = linear(x, self.qkv.weight, self.qkv.bias).reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each B x heads x HW x head_dim
         rel_h, rel_w = rel_pos_terms(q, self.rel_pos_h, self.rel_pos_w, (H, W))
         rel_h, rel_w = (t.float().reshape(B * self.num_heads, N, -1) for t in (rel_h, rel_w))
@@ -133,7 +133,7 @@ class Attention(nn.Module):
 
         q, k, v = (t.reshape(B * self.num_heads, N, -1) for t in (q, k, v))
         x = attention(q, k, v, add_rel_pos, scale=self.scale).view(B, self.num_heads, N, -1)
-        return self.proj(x.transpose(1, 2).reshape(B, H, W, -1))
+        return linear(x.transpose(1, 2).reshape(B, H, W, -1), self.proj.weight, self.proj.bias)
 
 
 SCORE_BLOCK = 1 << 21  # score elements per block: 8 MB in fp32, within the processor's caches
@@ -158,16 +158,25 @@ def attention(
     per_row = q[0, ..., 0, 0].numel() * N
     rows = min(N, max(1, SCORE_BLOCK // per_row))
     groups = max(1, SCORE_BLOCK // (rows * per_row))
-    q, kt = q * scale, k.transpose(-1, -2)
+    q, vt = q * scale, v.transpose(-1, -2)
+    if groups == 1 and v.dim() == 3:  # one matrix pair at a time: oneDNN's products want contiguous operands
+        k, vt = k.contiguous(), vt.contiguous()
     out = torch.empty(*q.shape[:-1], v.shape[-1], dtype=v.dtype, device=v.device)
     for g in range(0, G, groups):
         gs = slice(g, g + groups)
         for i in range(0, N, rows):
             r = slice(i, i + rows)
-            s = torch.matmul(q[gs, ..., r, :], kt[gs]).float()
+            s = products_nt(q[gs, ..., r, :], k[gs]).float()
             add_bias(s, gs, r)
-            torch.matmul(s.softmax(-1).to(v.dtype), v[gs], out=out[gs, ..., r, :])
+            out[gs, ..., r, :] = products_nt(s.softmax(-1).to(v.dtype), vt[gs])
     return out
+
+
+def products_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b^T: g x ... x n x d, g x ... x m x d -> g x ... x n x m; one matrix pair goes to `linear` (oneDNN)."""
+    if a.dim() == 3 and a.shape[0] == 1:
+        return linear(a[0], b[0])[None]
+    return torch.matmul(a, b.transpose(-1, -2))
 
 
 def rel_pos_terms(
