@@ -60,13 +60,21 @@ def percentiles(values: list[float | None]) -> dict[str, float] | None:
 
 
 def renderer_rss_mb() -> float:
-    """Resident memory of this machine's Chromium renderer processes (the pages, with their WebAssembly)."""
-    total = 0.0
+    """Resident memory of the Chromium renderer processes this process started (the pages, with their
+    WebAssembly memory); other browsers on the machine are not counted."""
+    parents = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if b"chromium" in cmd and b"--type=renderer" in cmd:
-                total += rss_mb(int(pid))
+            parents[int(pid)] = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    ours, total = {os.getpid()}, 0.0
+    for _ in range(6):  # this process -> Playwright's driver -> Chromium -> its renderers
+        ours |= {pid for pid, parent in parents.items() if parent in ours}
+    for pid in ours:
+        try:
+            if b"--type=renderer" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                total += rss_mb(pid)
         except (OSError, RuntimeError):
             continue
     return round(total)
@@ -131,6 +139,7 @@ def run(url: str, image: Path, clicks: int, hovers: int, previewed: int, browser
             "page_ms": percentiles([t["ms"] for t in rows]),
             "answer_ms": percentiles([t["answer_ms"] for t in rows]),
             "server_ms": percentiles([t["server_ms"] for t in rows]),
+            "browser_decode_ms": percentiles([t.get("decode_ms") for t in rows]),  # ONNX Runtime's runs alone
         }
     firsts = [t["ms"] for t in points[:clicks:3]]
     out["point"]["first_click_page_ms"] = percentiles(firsts)

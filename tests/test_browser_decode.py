@@ -63,7 +63,7 @@ def _app(checkpoints, tmp_path_factory, **env):
 
 @pytest.fixture(scope="module")
 def local_url(checkpoints, tmp_path_factory):
-    with _app(checkpoints, tmp_path_factory, SAM_ORT_URL=str(ort_folder())) as url:
+    with _app(checkpoints, tmp_path_factory, SAM_BROWSER_DECODE="1", SAM_ORT_URL=str(ort_folder())) as url:
         yield url
 
 
@@ -212,7 +212,7 @@ def test_decoding_forced_off(browser, checkpoints, tmp_path_factory, image, expe
 
 def test_unreachable_runtime_falls_back_to_the_server(browser, checkpoints, tmp_path_factory, image, expected):
     closed = f"http://127.0.0.1:{free_port()}/ort/"  # nothing listens there
-    with _app(checkpoints, tmp_path_factory, SAM_ORT_URL=closed) as url:
+    with _app(checkpoints, tmp_path_factory, SAM_BROWSER_DECODE="1", SAM_ORT_URL=closed) as url:
         page = open_app(browser, url)
         server_decoding(page, image, expected)
         page.wait_for_timeout(500)

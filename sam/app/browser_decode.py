@@ -74,11 +74,16 @@ class BrowserDecode:
         model = self.service.models.get(session.model_name)
         if not isinstance(model, Sam) or session.image is None:
             return None
+        try:
+            key = self.key(session.model_name, model)
+        except Exception:  # the page decodes on the server, as without browser decoding
+            logger.exception("browser decoding is not offered for %s", session.model_name)
+            return None
         h, w = model.prompt_encoder.image_embedding_size
         return {
             "ort": self.ort_base,
             "integrity": self.integrity,
-            "graph": f"{PREFIX}/decoder/decoder-{self.key(session.model_name, model)}.onnx",
+            "graph": f"{PREFIX}/decoder/decoder-{key}.onnx",
             "embedding": f"{PREFIX}/embedding",
             "model": session.model_name,
             "shape": [model.prompt_encoder.embed_dim, h, w],

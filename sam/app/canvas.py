@@ -162,10 +162,7 @@ class CanvasServer:
         action = parse_action(data, session.image)
         kind = action.type
         if data.get("local") is True and kind in LOCAL:
-            prompt = None
-            if kind in ("point", "box"):
-                prompt = Prompt("point", (action.x, action.y), action.label) if kind == "point" else Prompt(
-                    "box", action.box)
+            prompt = Prompt(kind, (action.x, action.y) if kind == "point" else action.box, action.label)
             session.record(kind, prompt, action.index)
             return {**self.view(session, None, data), "recorded": True}
         if kind == "choose" and not session.stale:
@@ -291,11 +288,7 @@ class CanvasServer:
         """Tell the page how to decode in the browser (view["local"]; None: on the server)."""
         if self.browser is not None:
             size = display_size(*embedded.embedding.original_size)
-            try:
-                view["local"] = self.browser.config(session, embedded.embedding.input_size, size)
-            except Exception:  # the page decodes on the server, as without browser decoding
-                logger.exception("browser decoding is not offered")
-                view["local"] = None
+            view["local"] = self.browser.config(session, embedded.embedding.input_size, size)
 
     def export(self, session: AppSession | None, folder: str | Path) -> Path:
         """All objects of the session in one zip (sam.export.build_zip) written into `folder`."""

@@ -363,7 +363,9 @@ async function applyState(v) {
 function record(type, req, res) {
   if (!req.t0) return;
   const decode = res.decode || (res.recorded ? 'browser' : 'server');
-  S.timings.push({ type, ms: performance.now() - req.t0, answer_ms: req.answered - req.t0, server_ms: res.ms, decode });
+  const decodeMs = res.recorded ? takeDecodeMs() : res.decode_ms; // time in ONNX Runtime (decoder.js)
+  S.timings.push({ type, ms: performance.now() - req.t0, answer_ms: req.answered - req.t0, server_ms: res.ms, decode,
+                   decode_ms: decodeMs });
   if (S.timings.length > 1000) S.timings.shift();
 }
 
