@@ -212,7 +212,7 @@ class ServerDecode:
         self.samples = Samples()
         self.image: PoolImage | None = None
         self.key: str | None = None
-        self.objects_version = -1
+        self.versions = {"objects_version": -1, "first_version": -1}  # what the page has: unchanged parts not resent
 
     def open(self, image: PoolImage, due: float) -> bool:
         self.samples.count("upload")
@@ -231,12 +231,12 @@ class ServerDecode:
             return False
         self.samples.add("upload", (time.perf_counter() - due) * 1000)
         self.image, self.key = image, view["image"]["key"]
-        self.objects_version = view.get("objects_version", -1)
+        self.versions = {"objects_version": view.get("objects_version", -1), "first_version": -1}
         return True
 
     def _act(self, kind: str, due: float, **data: Any) -> None:
         self.samples.count(kind)
-        body = {"type": kind, "key": self.key, "objects_version": self.objects_version, **data}
+        body = {"type": kind, "key": self.key, **self.versions, **data}
         try:
             out = self.client.act(body)
         except Exception as e:
@@ -246,7 +246,7 @@ class ServerDecode:
             self.samples.errors.append(f"{kind}: {out}"[:300])
             return
         self.samples.add(kind, (time.perf_counter() - due) * 1000)
-        self.objects_version = out.get("objects_version", self.objects_version)
+        self.versions.update((k, out[k]) for k in self.versions if k in out)
 
     def hover(self, x: float, y: float, due: float) -> None:
         self._act("hover", due, x=round(x * self.image.width), y=round(y * self.image.height))
