@@ -5,7 +5,8 @@ every 4th one of the shared examples), hovers at 5 previews a second while the i
 every 3 s where it hovered and adds an object after every 10 clicks. `--pages` of them are the real page
 in headless Chromium (click -> mask drawn, hover -> preview drawn, timed by the page), the rest speak the
 page's protocol without a browser (click -> answer received). The app is started afresh for each N, with
-random weights of the real size served by a loopback Hub, its default precision and decoding threads.
+random weights of the real size served by a loopback Hub, its default precision and decoding threads;
+`--decode server` (the default) turns the page's own decoding off, `--decode browser` on.
 
 Per N: p50/p95 of each latency, upload -> ready, errors, the server's CPU (cores used on average) and
 peak resident memory, the whole machine's busy cores and its load average before and after. Capacity is
@@ -13,7 +14,7 @@ the largest N with p95 click <= 200 ms (drawn and answered), p95 upload -> ready
 searched upward (1, 2, 4, ...) and then by bisection.
 
 python benchmarks/bench_capacity.py [--models sam-vit-base mobile-sam] [--duration 180] [--time-scale 1]
-    [--pages 2] [--n 1 2 3] [--max-n 32] [--out capacity.json] [--cache DIR]
+    [--pages 2] [--decode server|browser] [--n 1 2 3] [--max-n 32] [--out capacity.json] [--cache DIR]
 """
 
 import argparse
@@ -155,6 +156,7 @@ def row(n: int, pages: int, samples: list[Samples], load: dict, before, after) -
         "add_ms": percentiles(pooled(samples, "add")),
         "upload_ready_s": percentiles(pooled(samples, "upload"), scale=1 / 1000),
         "sent": {k: sum(s.sent.get(k, 0) for s in samples) for k in ("upload", "hover", "point", "add")},
+        "page_decode": sorted({m for s in page for m in s.decode}),
         "errors": len(errors), "error_examples": errors[:5],
         **load,
         "load_before": [round(v, 2) for v in before], "load_after": [round(v, 2) for v in after],
@@ -222,11 +224,32 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def commit() -> str:
+    """The code measured: HEAD, and "+changes" when the working tree differs from it."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    return git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain", "--untracked-files=no")
+                                                  else "")
+
+
+def decode_env(mode: str) -> dict[str, str]:
+    """The app's environment for `mode`: server (every hover and click decoded by the server) or browser
+    (the page decodes, ONNX Runtime Web from node_modules/onnxruntime-web when it is there, else the CDN)."""
+    if mode == "server":
+        return {"SAM_BROWSER_DECODE": "0"}
+    ort = REPO / "node_modules" / "onnxruntime-web" / "dist"
+    return {"SAM_BROWSER_DECODE": "1", **({"SAM_ORT_URL": str(ort)} if (ort / "ort.min.js").is_file() else {})}
+
+
 def machine() -> dict:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor() or platform.machine())
     cores = len(os.sched_getaffinity(0))
-    return {"cpu": model, "cores": cores, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    return {"cpu": model, "cores": cores, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "commit": commit()}
 
 
 def app_overrides(model: str, checkpoints: Checkpoints) -> dict[str, Path]:
@@ -241,13 +264,17 @@ def main() -> None:
     parser.add_argument("--time-scale", type=float, default=1.0,
                         help="multiplies every interval of the visitors' schedule (below 1: a faster, shorter run)")
     parser.add_argument("--pages", type=int, default=2, help="visitors that are real pages in Chromium (default 2)")
+    parser.add_argument("--decode", choices=("server", "browser"), default="server",
+                        help="where the pages decode prompts (default: server; the protocol visitors always ask the "
+                        "server)")
     parser.add_argument("--n", type=int, nargs="+", help="measure these N only (default: search for the capacity)")
     parser.add_argument("--max-n", type=int, default=32)
     parser.add_argument("--out", type=Path, help="write the JSON report here too")
     parser.add_argument("--cache", type=Path, help="folder for the random checkpoints (default: a temporary one)")
     args = parser.parse_args()
     schedule = Schedule(time_scale=args.time_scale)
-    report = {"machine": machine(), "duration_s": args.duration, "schedule": schedule.__dict__, "models": {}}
+    report = {"machine": machine(), "decode": args.decode, "duration_s": args.duration, "schedule": schedule.__dict__,
+              "models": {}}
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-capacity-")))
         root = args.cache or tmp / "checkpoints"
@@ -256,7 +283,7 @@ def main() -> None:
         for model in args.models:
             def measure_n(n: int, model: str = model) -> dict:
                 run_dir = Path(tempfile.mkdtemp(dir=tmp, prefix=f"{model}-{n}-"))
-                env = {"SAM_PRECISION": "auto", "SAM_DECODE_THREADS": "0"}  # the app's defaults
+                env = {"SAM_PRECISION": "auto", "SAM_DECODE_THREADS": "0", **decode_env(args.decode)}
                 with app_on_hub(checkpoints, run_dir, ["--model", model], app_overrides(model, checkpoints),
                                 extra_env=env) as url:
                     return measure(url, n, args.pages, schedule, args.duration)

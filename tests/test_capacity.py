@@ -61,7 +61,8 @@ def app_url(checkpoints, tmp_path_factory):
     hub = LocalHub()
     hub.add("facebook/sam-vit-base", checkpoints.transformers("tiny", 0))
     try:
-        with run_app(["--model", "sam-vit-base"], hub_env(hub.start(), tmp / "hf"), tmp / "app.log") as url:
+        env = {**hub_env(hub.start(), tmp / "hf"), "SAM_BROWSER_DECODE": "0"}  # as bench_capacity --decode server
+        with run_app(["--model", "sam-vit-base"], env, tmp / "app.log") as url:
             yield url
     finally:
         hub.stop()
@@ -74,6 +75,7 @@ def test_one_visitor_for_a_few_seconds_reports_every_figure(app_url, pages):
     click, hover = ("click_drawn_ms", "hover_drawn_ms") if pages else ("click_answered_ms", "hover_answered_ms")
     other = "click_answered_ms" if pages else "click_drawn_ms"
     assert row[other] is None and row["n"] == 1 and row["page_visitors"] == pages
+    assert row["page_decode"] == (["server"] if pages else [])
     assert row[click]["n"] == row["sent"]["point"] >= 3 and row["add_ms"]["n"] == row["sent"]["add"] >= 1
     assert row["upload_ready_s"]["n"] == row["sent"]["upload"] == 1
     for key in (click, hover, "add_ms", "upload_ready_s"):

@@ -137,6 +137,7 @@ class Samples:
     ms: dict[str, list[float]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     sent: dict[str, int] = field(default_factory=dict)
+    decode: set[str] = field(default_factory=set)  # where the page decoded (its data-decode: server, browser)
 
     def add(self, kind: str, ms: float) -> None:
         self.ms.setdefault(kind, []).append(ms)
@@ -340,7 +341,11 @@ class PageVisitor:
         deadline = time.monotonic() + settle_s
         while page.evaluate(f"{DEBUG}.state().busy") and time.monotonic() < deadline:
             page.wait_for_timeout(100)
-        rows, message = page.evaluate(f"(d => [d.timings(), d.state().message])({DEBUG})")
+        rows, message, mode = page.evaluate(
+            f"(d => [d.timings(), d.state().message, document.querySelector('.sam-canvas').dataset.decode])({DEBUG})"
+        )
+        if self.samples.sent.get("upload"):
+            self.samples.decode.add(mode or "server")
         for t in new_rows(self.rows, rows):
             self.samples.add(t["type"], t["ms"])
         self.rows = rows
