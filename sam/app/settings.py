@@ -35,7 +35,11 @@ ONNX_DIR = Path(tempfile.gettempdir()) / "sam-onnx"  # decoders exported for the
 # ONNX Runtime Web for the page (static/decoder.js): a pinned release on a CDN, its script checked by this hash
 ORT_VERSION = "1.30.0"
 ORT_CDN = f"https://cdn.jsdelivr.net/npm/onnxruntime-web@{ORT_VERSION}/dist/"
-ORT_INTEGRITY = "sha384-N94xSNjPDbfBJj4+QINst0nbHpcCm8kc1qNlIP/wA0muqjR3aVyIuDkMeccPrLvQ"  # of dist/ort.min.js
+ORT_INTEGRITY = {  # the page loads ort.min.js (WebGPU and wasm) where the browser has a WebGPU adapter, else
+    # ort.wasm.min.js, whose WebAssembly is half the size
+    "ort.min.js": "sha384-N94xSNjPDbfBJj4+QINst0nbHpcCm8kc1qNlIP/wA0muqjR3aVyIuDkMeccPrLvQ",
+    "ort.wasm.min.js": "sha384-Bw6URI+Gvoadw0do7/QrSHUC9D1vCYYK5OSqChFyhyV5mzPL4oe2rOAFljAnS8Sq",
+}
 
 
 @dataclass(frozen=True)
@@ -83,9 +87,10 @@ class Settings:
             name, value = ENV["everything_timeout_s"], self.everything_timeout_s
             raise ValueError(f"{name} must be a positive number, got {value}")
         _check_generator_args(self.everything)
-        if not self.ort_url.startswith(("https://", "http://")) and not (Path(self.ort_url) / "ort.min.js").is_file():
-            raise ValueError(f"{ENV['ort_url']} must be an http(s) URL or a folder with ort.min.js (onnxruntime-web's "
-                             f"dist/), got {self.ort_url[:80]!r}")
+        remote = self.ort_url.startswith(("https://", "http://"))
+        if not remote and not all((Path(self.ort_url) / name).is_file() for name in ORT_INTEGRITY):
+            raise ValueError(f"{ENV['ort_url']} must be an http(s) URL or a folder with ort.min.js and ort.wasm.min.js "
+                             f"(onnxruntime-web's dist/), got {self.ort_url[:80]!r}")
         problem = model_problem(self.model)
         if problem:
             raise ValueError(problem)

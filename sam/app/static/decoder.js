@@ -11,6 +11,7 @@ const LD = {
   cfg: null, // the view's `local`: {ort, integrity, graph, embedding, model, shape, img_size, input, display, ...}
   failed: false, // the runtime could not load: server decoding from now on
   runtime: null, // Promise of the loaded runtime
+  webgpu: false, // the browser has a WebGPU adapter: the runtime's WebGPU build, decoding on the GPU
   graphs: new Map(), // graph URL -> Promise<InferenceSession>
   session: null,
   embedding: null, // {key, model, tensor}
@@ -58,17 +59,23 @@ async function prepareLocal(cfg) {
   decodeMode();
 }
 
+// ort.min.js (WebGPU and wasm) where the browser has a WebGPU adapter, else ort.wasm.min.js (half the bytes).
+async function webgpu() {
+  try { return !!(navigator.gpu && (await navigator.gpu.requestAdapter())); } catch (e) { return false; }
+}
+
 function loadRuntime(cfg) {
   if (LD.runtime) return LD.runtime;
-  LD.runtime = new Promise((resolve, reject) => {
+  LD.runtime = webgpu().then((gpu) => new Promise((resolve, reject) => {
     if (window.ort) return resolve(window.ort);
-    const s = document.createElement('script');
-    s.src = cfg.ort + 'ort.min.js';
-    if (cfg.integrity) { s.integrity = cfg.integrity; s.crossOrigin = 'anonymous'; }
+    const file = gpu ? 'ort.min.js' : 'ort.wasm.min.js', s = document.createElement('script');
+    LD.webgpu = gpu;
+    s.src = cfg.ort + file;
+    if (cfg.integrity) { s.integrity = cfg.integrity[file]; s.crossOrigin = 'anonymous'; }
     s.onload = () => (window.ort ? resolve(window.ort) : reject(new Error('no ort in ' + s.src)));
     s.onerror = () => reject(new Error('could not load ' + s.src));
     document.head.appendChild(s);
-  }).then((lib) => {
+  })).then((lib) => {
     lib.env.wasm.wasmPaths = cfg.ort;
     lib.env.wasm.numThreads = 1; // threads need a cross-origin isolated page, which a Space is not
     return lib;
@@ -79,7 +86,7 @@ function loadRuntime(cfg) {
 
 function graph(lib, url) {
   if (!LD.graphs.has(url)) {
-    const providers = navigator.gpu ? ['webgpu', 'wasm'] : ['wasm'];
+    const providers = LD.webgpu ? ['webgpu', 'wasm'] : ['wasm'];
     const p = lib.InferenceSession.create(url, { executionProviders: providers });
     p.catch(() => LD.graphs.delete(url)); // tried again with the next image
     LD.graphs.set(url, p);
