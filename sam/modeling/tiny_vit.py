@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import LayerNorm2d
+from .common import LayerNorm2d, linear
 from .image_encoder import attention, window_partition, window_unpartition
 
 gelu_ = torch.ops.aten.gelu_  # in place: the activations here are large
@@ -70,9 +70,9 @@ def conv_stack(x: torch.Tensor, conv1: Conv2d_BN, conv2: Conv2d_BN, conv3: Conv2
         # input rows [a, b) cover the 3x3 neighbourhoods of output rows [o0, o1). a is a multiple of s, so the
         # band's output row j is output row a / s + j; rows at an inner band edge saw zero padding: not kept
         a, b = max(o0 * s - s, 0), min((o1 - 1) * s + 2, H)
-        y = gelu_(F.linear(x[:, a:b].to(w1.dtype), w1, b1)).permute(0, 3, 1, 2)
+        y = linear(x[:, a:b].to(w1.dtype), w1, b1, gelu=True).permute(0, 3, 1, 2)
         y = gelu_(F.conv2d(y.to(w2.dtype), w2, b2, s, 1, groups=w2.shape[0])).permute(0, 2, 3, 1)
-        out[:, o0:o1] = F.linear(y[:, o0 - a // s : o1 - a // s].to(w3.dtype), w3, b3)
+        out[:, o0:o1] = linear(y[:, o0 - a // s : o1 - a // s].to(w3.dtype), w3, b3)
     return out
 
 
@@ -152,11 +152,11 @@ class Attention(nn.Module):
         """BxNxC tokens of B windows of N = window_size**2 -> BxNxC."""
         B, N, C = x.shape
         # per head the qkv features are laid out [q, k, v] (mobile_sam's order)
-        qkv = self.qkv(self.norm(x).to(self.qkv.weight.dtype))
+        qkv = linear(self.norm(x).to(self.qkv.weight.dtype), self.qkv.weight, self.qkv.bias)
         qkv = qkv.view(B, N, self.num_heads, 3, C // self.num_heads).permute(3, 0, 2, 1, 4)
         bias = self.attention_biases[:, self.attention_bias_idxs].float()  # heads x N x N
         x = attention(*qkv, lambda scores, _, rows: scores.add_(bias[:, rows]), scale=qkv.shape[-1] ** -0.5)
-        return self.proj(x.transpose(1, 2).reshape(B, N, C).to(self.proj.weight.dtype))
+        return linear(x.transpose(1, 2).reshape(B, N, C).to(self.proj.weight.dtype), self.proj.weight, self.proj.bias)
 
 
 class Mlp(nn.Module):
@@ -168,7 +168,8 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """BxHxWxC -> BxHxWxC in fc2's dtype."""
-        return self.fc2(gelu_(self.fc1(self.norm(x).to(self.fc1.weight.dtype))).to(self.fc2.weight.dtype))
+        h = linear(self.norm(x).to(self.fc1.weight.dtype), self.fc1.weight, self.fc1.bias, gelu=True)
+        return linear(h.to(self.fc2.weight.dtype), self.fc2.weight, self.fc2.bias)
 
 
 class TinyViTBlock(nn.Module):
@@ -284,7 +285,7 @@ class TinyViT(nn.Module):
             x = layer(x)
         # the neck's modules run on channels-last x: the 1x1 conv as a matrix product, LayerNorm2d as layer_norm
         conv1, norm1, conv2, norm2 = self.neck
-        x = F.linear(x.to(conv1.weight.dtype), conv1.weight.flatten(1)).to(dtype)
+        x = linear(x.to(conv1.weight.dtype), conv1.weight.flatten(1)).to(dtype)
         x = F.layer_norm(x, norm1.weight.shape, norm1.weight, norm1.bias, norm1.eps)
         x = conv2(x.permute(0, 3, 1, 2).to(conv2.weight.dtype)).permute(0, 2, 3, 1).to(dtype)
         x = F.layer_norm(x, norm2.weight.shape, norm2.weight, norm2.bias, norm2.eps)
