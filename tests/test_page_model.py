@@ -14,6 +14,7 @@ from tests.helpers import hub as hub_module
 from tests.helpers.browser import (
     REPO,
     browser_fixture,  # noqa: F401  (a fixture)
+    choose_model,
     click,
     open_app,
     run_app,
@@ -54,12 +55,6 @@ def app_url(checkpoints, tmp_path_factory):
                 yield url
         finally:
             hub.stop()
-
-
-def choose_model(page, name: str) -> None:
-    """Pick `name` in the page's model picker, whose labels are the name, then its embedding time."""
-    page.locator("#sam-model input").click()
-    page.locator(f"#sam-model li[role=option]:is([aria-label='{name}'], [aria-label^='{name} · '])").click()
 
 
 def status_has(page, text: str, timeout_ms: int = 60_000) -> None:

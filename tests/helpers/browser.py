@@ -252,9 +252,9 @@ def mask_info(page, which) -> dict | None:
 
 
 def choose_model(page, name: str) -> None:
-    """Pick `name` in the page's model picker."""
+    """Pick `name` in the page's model picker, whose labels are the name, then its embedding time."""
     page.locator("#sam-model input").click()
-    page.locator(f"#sam-model li[role=option][aria-label='{name}']").click()
+    page.locator(f"#sam-model li[role=option]:is([aria-label='{name}'], [aria-label^='{name} · '])").click()
 
 
 class Held:
