@@ -7,9 +7,6 @@ checkpoint, drawn at the display size as the server draws them); with decoding f
 Web cannot load, the page decodes on the server and draws exactly the server's masks.
 """
 
-import json
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -17,11 +14,8 @@ import torch
 from PIL import Image
 
 from sam.app.canvas import display_size
-from sam.app.settings import ORT_VERSION
 from tests.helpers.browser import (
-    AXE_VERSION,
     DEBUG,
-    REPO,
     Expected,
     act,
     app_on_hub,
@@ -29,6 +23,7 @@ from tests.helpers.browser import (
     browser_fixture,  # noqa: F401  (a fixture)
     free_port,
     image_to_page,
+    node_package,
     open_app,
     served_default,
     state,
@@ -36,7 +31,6 @@ from tests.helpers.browser import (
 )
 
 pytestmark = pytest.mark.browser
-ORT = REPO / "node_modules" / "onnxruntime-web"
 # At most this share of the display's pixels differ from the server's mask: the page decodes from the
 # float16 embedding it was sent, the server from float32, so pixels whose logits are within about 1e-3 of
 # the threshold may fall either way.
@@ -44,16 +38,8 @@ TOLERANCE = 0.0005
 
 
 def ort_folder():
-    """onnxruntime-web's dist/ in node_modules, installed with npm (with the audit's axe-core, so that
-    neither install removes the other) when it is not there yet."""
-    package = ORT / "package.json"
-    if not package.is_file() or json.loads(package.read_text())["version"] != ORT_VERSION:
-        npm = shutil.which("npm")
-        if npm is None:
-            raise RuntimeError(f"these tests need onnxruntime-web: npm install --no-save onnxruntime-web@{ORT_VERSION}")
-        subprocess.run([npm, "install", "--no-save", "--no-audit", "--no-fund", f"onnxruntime-web@{ORT_VERSION}",
-                        f"axe-core@{AXE_VERSION}"], cwd=REPO, check=True, capture_output=True, timeout=600)
-    return ORT / "dist"
+    """onnxruntime-web's dist/ in node_modules (npm installs it when it is not there yet)."""
+    return node_package("onnxruntime-web") / "dist"
 
 
 def _app(checkpoints, tmp_path_factory, **env):

@@ -27,6 +27,7 @@ def test_each_variable_sets_its_field():
         "SAM_EMBEDDING_CACHE_ITEMS": "3", "SAM_EMBEDDING_CACHE_MB": "64", "SAM_IMAGE_CACHE_MB": "32",
         "SAM_DECODE_THREADS": "1", "SAM_EMBED_THREADS": "2", "SAM_EVERYTHING_TIMEOUT_S": "12.5",
         "SAM_EVERYTHING": '{"points_per_side": 16}', "SAM_SHARE_EMBEDDINGS": "off",
+        "SAM_BROWSER_DECODE": "0", "SAM_ORT_URL": "https://example.org/ort/",
     }
     assert set(env) == set(ENV.values())
     s = Settings.from_env(env)
@@ -34,6 +35,7 @@ def test_each_variable_sets_its_field():
     assert (s.embedding_cache_items, s.embedding_cache_mb, s.image_cache_mb) == (3, 64, 32)
     assert (s.decode_threads, s.embed_threads, s.everything_timeout_s) == (1, 2, 12.5)
     assert s.everything == {"points_per_side": 16} and s.share_embeddings is False
+    assert s.browser_decode is False and s.ort_url == "https://example.org/ort/"
     service = Service.from_settings(s)
     assert (service.models.max_models, service.embeddings.max_items, service.embeddings.max_bytes) == (1, 3, 64 << 20)
     assert (service.images.max_bytes, service.decode_threads, service.embed_threads) == (32 << 20, 1, 2)
@@ -51,6 +53,8 @@ def test_each_variable_sets_its_field():
         ({"SAM_EVERYTHING": "[16]"}, "SAM_EVERYTHING must be a JSON object"),
         ({"SAM_EVERYTHING": '{"points": 16}'}, r"SAM_EVERYTHING has unknown keys \['points'\]"),
         ({"SAM_SHARE_EMBEDDINGS": "maybe"}, "SAM_SHARE_EMBEDDINGS must be 1 or 0"),
+        ({"SAM_BROWSER_DECODE": "yes please"}, "SAM_BROWSER_DECODE must be 1 or 0"),
+        ({"SAM_ORT_URL": "no/such/folder"}, r"SAM_ORT_URL must be an http\(s\) URL or a folder with ort.min.js"),
     ],
 )
 def test_a_bad_value_names_its_variable(env, message):

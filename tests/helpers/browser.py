@@ -28,7 +28,6 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 CANVAS = ".sam-canvas"
 DEBUG = "document.querySelector('.sam-canvas').samDebug"
 AXE_VERSION = "4.14.1"  # the same in .ci/run
-AXE = REPO / "node_modules" / "axe-core"
 
 
 def free_port() -> int:
@@ -116,6 +115,7 @@ def run_app(args: list[str], env: dict[str, str], log: Path, timeout_s: float = 
     env.update(GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1", GRADIO_TEMP_DIR=str(log.parent / "gradio"))
     env.setdefault("SAM_PRECISION", "float32")  # masks are compared with an fp32 SamPredictor
     env.setdefault("SAM_DECODE_THREADS", "1")  # ... decoding on one thread, so that masks compare exactly
+    env.setdefault("SAM_BROWSER_DECODE", "0")  # ... by the server (a page that reaches the CDN would decode itself)
     url = f"http://127.0.0.1:{port}"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "app.py", *args], cwd=REPO, env=env, stdout=out,
@@ -282,16 +282,28 @@ class Held:
         self.page.unroute(self.pattern, self._hold)
 
 
-def axe_script() -> str:
-    """axe-core's browser script, pinned; `npm install` puts it in node_modules when it is not there yet."""
-    package = AXE / "package.json"
-    if not package.is_file() or json.loads(package.read_text())["version"] != AXE_VERSION:
+def node_package(name: str) -> Path:
+    """The folder of npm package `name` (axe-core or onnxruntime-web) in the repository's node_modules, at
+    the pinned version; both are installed together when either is missing, so neither install removes the
+    other (as .ci/run does)."""
+    from sam.app.settings import ORT_VERSION
+
+    versions = {"axe-core": AXE_VERSION, "onnxruntime-web": ORT_VERSION}
+    folder = REPO / "node_modules" / name
+    package = folder / "package.json"
+    if not package.is_file() or json.loads(package.read_text())["version"] != versions[name]:
+        specs = [f"{n}@{v}" for n, v in versions.items()]
         npm = shutil.which("npm")
         if npm is None:
-            raise RuntimeError(f"the accessibility audit needs axe-core: npm install --no-save axe-core@{AXE_VERSION}")
-        subprocess.run([npm, "install", "--no-save", f"axe-core@{AXE_VERSION}"], cwd=REPO, check=True,
-                       capture_output=True, timeout=300)
-    return (AXE / "axe.min.js").read_text()
+            raise RuntimeError(f"the browser tests need {name}: npm install --no-save {' '.join(specs)}")
+        subprocess.run([npm, "install", "--no-save", "--no-audit", "--no-fund", *specs], cwd=REPO, check=True,
+                       capture_output=True, timeout=600)
+    return folder
+
+
+def axe_script() -> str:
+    """axe-core's browser script, pinned."""
+    return (node_package("axe-core") / "axe.min.js").read_text()
 
 
 def axe_violations(page, impacts: tuple[str, ...] = ("serious", "critical"), context: str | None = None) -> list[dict]:
