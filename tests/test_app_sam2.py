@@ -1,11 +1,11 @@
 """A SAM 2 model in the app's service: the same embedding, candidates and masks as SamPredictor gives."""
 
 import numpy as np
-import pytest
 import torch
 
 from sam import SamPredictor
 from sam.app.service import Models, Service, everything, segment
+from sam.automatic import SamAutomaticMaskGenerator
 from sam.build_sam2 import TINY, build_sam2
 
 
@@ -31,10 +31,19 @@ def test_the_service_answers_as_the_predictor_with_a_sam2_model():
     assert answer["weights"] == "random weights (tiny SAM 2)" and len(answer["masks"]) == 3
 
 
-def test_segment_everything_refuses_a_sam2_model_with_a_message():
+def test_segment_everything_with_a_sam2_model_gives_the_generators_records_with_sam2_defaults():
+    torch.manual_seed(0)
     model = build_sam2(TINY).eval()
     service = Service(Models(lambda name: model), cache_items=4, cache_mb=64)
-    key = service.add_image(np.zeros((48, 64, 3), np.uint8))
-    with pytest.raises(ValueError, match="with SAM 2 it is not available yet"):
-        everything(service, "sam2", key)
+    image = np.random.default_rng(1).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    key = service.add_image(image)
+    assert SamAutomaticMaskGenerator(model).pred_iou_thresh == 0.8  # SAM 2's default, not SAM's 0.88
+    args = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)  # random weights pass none else
+    records = everything(service, "sam2", key, **args)
+    expected = SamAutomaticMaskGenerator(model, output_mode="uncompressed_rle", **args)
+    direct = sorted(expected.generate(image), key=lambda r: -r["predicted_iou"])
+    assert len(records) == len(direct) > 0
+    for got, want in zip(records, direct, strict=True):
+        assert got["segmentation"] == want["segmentation"] and got["predicted_iou"] == want["predicted_iou"]
+        assert got["bbox"] == want["bbox"]
     assert not service._everything  # the run's slot is given back
