@@ -1,8 +1,10 @@
 """What this CPU can do at best: matrix-product throughput, and the work of each job in FLOPs.
 
 Divides each job's FLOPs (torch's FlopCounterMode: matrix products and convolutions) by the best measured
-throughput of a large matrix product, fp32 and bf16, on the threads torch uses. No implementation of a
-job can be faster than its floor here, so a target below it needs another CPU.
+throughput of a large matrix product, fp32 and bf16, on the threads torch uses: the best of torch's own
+product (MKL for fp32) and oneDNN's (`sam.modeling.common.linear`), since on AMD processors MKL's fp32
+kernels reach about half of what the processor can do. No implementation of a job can be faster than
+its floor here, so a target below it needs another CPU.
 
 python -m benchmarks.bench_floor [--size 2048]
 """
@@ -20,18 +22,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.bench_speed import cpu_name  # noqa: E402
 from sam.build import build_sam  # noqa: E402
+from sam.modeling.common import linear  # noqa: E402
+from sam.precision import bf16_is_fast  # noqa: E402
 from sam.predictor import ImageEmbedding, SamPredictor  # noqa: E402
 
 
 def matmul_flops_per_s(n: int, dtype: torch.dtype, runs: int = 5) -> float:
+    """The best rate of an n x n x n product in dtype over runs of torch's matmul and oneDNN's, taking turns."""
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    a @ b
+    products = (lambda: a @ b, lambda: linear(a, b))
     times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
+    with torch.no_grad():
+        for product in products:
+            product()
+        for _ in range(runs):
+            for product in products:
+                start = time.perf_counter()
+                product()
+                times.append(time.perf_counter() - start)
     return 2 * n**3 / min(times)  # the best run: a floor must not be too high
+
+
+def floor_rates(size: int = 2048) -> dict[str, float]:
+    """{"fp32": FLOP/s, "bf16": FLOP/s}: the best matrix-product rates of this CPU."""
+    fast = bf16_is_fast()  # bf16 products on CPUs without bf16 instructions are ~100x slower: smaller, fewer
+    bf16 = matmul_flops_per_s(size if fast else 512, torch.bfloat16, 5 if fast else 2)
+    return {"fp32": matmul_flops_per_s(size, torch.float32), "bf16": bf16}
 
 
 def flops(fn) -> float:
@@ -63,8 +79,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=2048, help="side of the square matrices timed")
     args = parser.parse_args()
-    # bf16 products on CPUs without bf16 instructions are ~100x slower: timed on smaller matrices
-    rates = {"fp32": matmul_flops_per_s(args.size, torch.float32), "bf16": matmul_flops_per_s(512, torch.bfloat16, 2)}
+    rates = floor_rates(args.size)
     print(f"{cpu_name()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}")
     for name, rate in rates.items():

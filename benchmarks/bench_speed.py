@@ -11,6 +11,8 @@ bf16 rows run where the CPU has AMX or AVX512-BF16 (or with --bf16): elsewhere b
 """
 
 import argparse
+import copy
+import functools
 import json
 import os
 import platform
@@ -45,12 +47,6 @@ def timeit(fn, runs: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-def timeit_bf16_autocast(fn, runs: int) -> float:
-    """timeit under torch.autocast to bf16: how a reference implementation runs in bf16."""
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        return timeit(fn, runs)
-
-
 def cpu_name() -> str:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -63,33 +59,33 @@ def embedding_rows(runs: int, bf16: bool) -> list[tuple[str, str, float]]:
     from transformers import SamConfig as HFSamConfig
     from transformers import SamModel
 
+    from benchmarks.bench_sam2 import autocast_bf16, interleaved  # imports bench_speed: not at the top
+
     image = test_image(768, 1024)
     ref, ours = twin_models(CONFIGS["vit_b"], seed=0)
     meta_pred = MetaPredictor(ref)
-    rows = [("ViT-B embedding", "segment-anything fp32", timeit(lambda: meta_pred.set_image(image), runs))]
-    if bf16:
-        t = timeit_bf16_autocast(lambda: meta_pred.set_image(image), runs)
-        rows.append(("ViT-B embedding", "segment-anything bf16 autocast", t))
     hf = SamModel(HFSamConfig()).eval()
     hf.set_attn_implementation("eager")
     pixels = torch.randn(1, 3, 1024, 1024)
-    with torch.no_grad():
-        embed = hf.get_image_embeddings
-        rows.append(("ViT-B embedding", "transformers fp32 eager", timeit(lambda: embed(pixels), runs)))
-        if bf16:
-            t = timeit_bf16_autocast(lambda: embed(pixels), runs)
-            rows.append(("ViT-B embedding", "transformers bf16 autocast eager", t))
-    pred = SamPredictor(ours)
-    rows.append(("ViT-B embedding", "ours fp32", timeit(lambda: pred.set_image(image), runs)))
+    embed = torch.no_grad()(hf.get_image_embeddings)
+    pred, pred16 = SamPredictor(ours), SamPredictor(copy.deepcopy(ours).set_precision(torch.bfloat16))
+    fns = {"segment-anything fp32": lambda: meta_pred.set_image(image)}
     if bf16:
-        ours.set_precision(torch.bfloat16)
-        rows.append(("ViT-B embedding", "ours bf16", timeit(lambda: pred.set_image(image), runs)))
-    return rows
+        fns["segment-anything bf16 autocast"] = autocast_bf16(lambda: meta_pred.set_image(image))
+    fns["transformers fp32 eager"] = lambda: embed(pixels)
+    if bf16:
+        fns["transformers bf16 autocast eager"] = autocast_bf16(lambda: embed(pixels))
+    fns["ours fp32"] = lambda: pred.set_image(image)
+    if bf16:
+        fns["ours bf16"] = lambda: pred16.set_image(image)
+    return [("ViT-B embedding", impl, t) for impl, t in interleaved(fns, runs).items()]
 
 
 def tinyvit_rows(runs: int, bf16: bool) -> list[tuple[str, str, float]]:
     from mobile_sam import SamPredictor as MobilePredictor
     from mobile_sam import sam_model_registry
+
+    from benchmarks.bench_sam2 import autocast_bf16, interleaved  # imports bench_speed: not at the top
 
     image = test_image(768, 1024)
     ref = sam_model_registry["vit_t"]().eval()
@@ -97,15 +93,14 @@ def tinyvit_rows(runs: int, bf16: bool) -> list[tuple[str, str, float]]:
     ours = build_sam("tiny_vit")
     ours.load_state_dict({k: v for k, v in ref.state_dict().items() if not k.startswith("pixel_")})
     meta_pred, pred = MobilePredictor(ref), SamPredictor(ours)
-    rows = [("TinyViT embedding", "mobilesam-mirror fp32", timeit(lambda: meta_pred.set_image(image), runs))]
+    pred16 = SamPredictor(copy.deepcopy(ours).set_precision(torch.bfloat16))
+    fns = {"mobilesam-mirror fp32": lambda: meta_pred.set_image(image)}
     if bf16:
-        t = timeit_bf16_autocast(lambda: meta_pred.set_image(image), runs)
-        rows.append(("TinyViT embedding", "mobilesam-mirror bf16 autocast", t))
-    rows.append(("TinyViT embedding", "ours fp32", timeit(lambda: pred.set_image(image), runs)))
+        fns["mobilesam-mirror bf16 autocast"] = autocast_bf16(lambda: meta_pred.set_image(image))
+    fns["ours fp32"] = lambda: pred.set_image(image)
     if bf16:
-        ours.set_precision(torch.bfloat16)
-        rows.append(("TinyViT embedding", "ours bf16", timeit(lambda: pred.set_image(image), runs)))
-    return rows
+        fns["ours bf16"] = lambda: pred16.set_image(image)
+    return [("TinyViT embedding", impl, t) for impl, t in interleaved(fns, runs).items()]
 
 
 def click_rows(runs: int) -> list[tuple[str, str, float]]:
@@ -186,19 +181,40 @@ def memory_rows(folder: Path) -> list[tuple[str, str, float]]:
     return rows
 
 
-def table(rows: list[tuple[str, str, float]]) -> str:
-    lines = ["| job | implementation | median | vs reference |", "| --- | --- | --- | --- |"]
+def table(rows: list[tuple[str, str, float]], floors: dict[str, dict[str, float]] | None = None) -> str:
+    """Markdown table of (job, implementation, value) rows; with floors ({job: {"fp32": s, "bf16": s}}), also
+    each embedding row's time over the floor of its precision."""
+    head = "| job | implementation | median | vs reference |" + (" vs floor |" if floors else "")
+    lines = [head, "| --- | --- | --- | --- |" + (" --- |" if floors else "")]
     first: dict[str, float] = {}
     for job, impl, value in rows:
         first.setdefault(job, value)
         unit = "" if "GB" in job else " s" if value >= 1 else " ms"
         shown = f"{value:.2f}" if unit != " ms" else f"{value * 1000:.1f}"
         ratio = first[job] / value if "GB" not in job else value / first[job]
-        lines.append(f"| {job} | {impl} | {shown}{unit} | {ratio:.2f}x |")
+        line = f"| {job} | {impl} | {shown}{unit} | {ratio:.2f}x |"
+        if floors:
+            precision = "bf16" if "bf16" in impl else "fp32"
+            line += f" {value / floors[job][precision]:.2f}x |" if job in floors else " |"
+        lines.append(line)
     return "\n".join(lines)
 
 
+def embedding_floors(rates: dict[str, float]) -> tuple[list[tuple[str, str, float]], dict[str, dict[str, float]]]:
+    """(floor rows, {job: {precision: seconds}}) of the two embeddings at the given matrix-product rates."""
+    from benchmarks.bench_floor import flops
+
+    image = torch.zeros(1, 3, 1024, 1024)
+    encoders = {"ViT-B embedding": build_sam("vit_b"), "TinyViT embedding": build_sam("tiny_vit")}
+    work = {job: flops(functools.partial(model.eval().image_encoder, image)) for job, model in encoders.items()}
+    floors = {job: {k: f / rate for k, rate in rates.items()} for job, f in work.items()}
+    rows = [(job, f"floor {k} ({work[job] / 1e9:.0f} GFLOP)", t) for job, fl in floors.items() for k, t in fl.items()]
+    return rows, floors
+
+
 def main() -> None:
+    from benchmarks.bench_floor import floor_rates
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--bf16", action="store_true", help="time bf16 rows even where bf16 is not fast")
@@ -212,14 +228,21 @@ def main() -> None:
     bf16 = args.bf16 or bf16_is_fast()
     jobs = {"embedding": lambda: embedding_rows(args.runs, bf16), "tinyvit": lambda: tinyvit_rows(args.runs, bf16),
             "click": lambda: click_rows(args.runs), "load": lambda: load_rows(args.runs)}
-    rows = []
+    rates, rows, loads = floor_rates(), [], [os.getloadavg()[0]]
     for name in args.only or jobs:
         rows += jobs[name]()
+        loads.append(os.getloadavg()[0])
         print(table(rows[-2:]), flush=True)
+    rates = {k: max(v, floor_rates()[k]) for k, v in rates.items()}  # the best of before and after
+    floor_rows, floors = embedding_floors(rates)
+    rows = [r for job in dict.fromkeys(r[0] for r in rows) for r in rows + floor_rows if r[0] == job]
     print(f"\n{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"bf16 fast: {bf16_is_fast()}, threads {torch.get_num_threads()}, malloc {args.malloc}\n")
-    print(table(rows))
-    print("\nvs reference: speed-up over the first row of the job (memory: ratio to the first row)")
+          f"bf16 fast: {bf16_is_fast()}, threads {torch.get_num_threads()}, malloc {args.malloc}, "
+          f"load average {min(loads):.1f} to {max(loads):.1f}; matrix product {rates['fp32'] / 1e9:.0f} GFLOP/s fp32, "
+          f"{rates['bf16'] / 1e9:.0f} GFLOP/s bf16\n")
+    print(table(rows, floors))
+    print("\nvs reference: speed-up over the first row of the job (memory: ratio to the first row); "
+          "vs floor: time over the floor of the row's precision (FLOPs / best matrix-product rate)")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

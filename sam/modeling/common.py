@@ -3,6 +3,7 @@
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 
 def onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -16,6 +17,7 @@ def onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
         and not torch.jit.is_tracing()
         and not torch.compiler.is_compiling()
+        and _get_current_dispatch_mode() is None  # e.g. FlopCounterMode: it counts aten's products only
     )
 
 
