@@ -101,7 +101,7 @@ def wire_api(h: ApiHandlers) -> None:
         multimask = gr.Checkbox(True, label="multimask")
         model = gr.Dropdown(h.choices, value=h.model_name, label="model")
         points_per_side = gr.Number(32, label="points_per_side")  # an integer, checked by the handler
-        iou = gr.Number(0.88, label="pred_iou_thresh")
+        iou = gr.Number(None, label="pred_iou_thresh")  # None: the model's default
         stability = gr.Number(0.95, label="stability_score_thresh")
         segment_out, everything_out = gr.JSON(label="result"), gr.JSON(label="result")
         segment_go, everything_go = gr.Button("segment"), gr.Button("everything")

@@ -108,6 +108,13 @@ def test_everything(client, predictor):
     for rle, bbox, record in zip(out["masks"], out["bbox"], records, strict=True):
         np.testing.assert_array_equal(decode(rle), record["segmentation"])
         assert bbox == record["bbox"]
+    # pred_iou_thresh left out: the model's own default (SAM's 0.88), as the generator picks it
+    out = client.predict(image=handle_file(str(COFFEE)), points_per_side=4, stability_score_thresh=0.0,
+                         api_name="/everything")
+    default = SamAutomaticMaskGenerator(predictor.model, points_per_side=4, stability_score_thresh=0.0)
+    assert default.pred_iou_thresh == 0.88
+    assert len(out["masks"]) == len(default.generate(read_image(COFFEE))) < len(records)
+    assert all(score > 0.88 for score in out["scores"])
     with pytest.raises(AppError, match="points_per_side must be an integer from 1 to 32"):
         client.predict(image=handle_file(str(COFFEE)), points_per_side=500, api_name="/everything")
 

@@ -43,7 +43,8 @@ class ApiHandlers:
             raise _refusal(e) from None
 
     def everything_api(
-        self, image, points_per_side, pred_iou_thresh, stability_score_thresh, model, request: gr.Request = None
+        self, image, points_per_side, pred_iou_thresh=None, stability_score_thresh=0.95, model=None,
+        request: gr.Request = None,
     ) -> dict[str, Any]:
         """Every object in an image (Meta's automatic mask generator) -> {"size", "masks" (COCO RLE), "scores",
         "stability", "bbox" (XYWH), "areas", "points"}, best predicted IoU first, at most 255 masks."""
@@ -51,9 +52,10 @@ class ApiHandlers:
             model = self._model(model)
             args = dict(
                 points_per_side=_number("points_per_side", points_per_side, 1, MAX_POINTS_PER_SIDE, integer=True),
-                pred_iou_thresh=_number("pred_iou_thresh", pred_iou_thresh, 0.0, 1.0),
                 stability_score_thresh=_number("stability_score_thresh", stability_score_thresh, 0.0, 1.0),
             )
+            if pred_iou_thresh is not None:  # None: the model's default (0.88 for SAM, 0.8 for SAM 2)
+                args["pred_iou_thresh"] = _number("pred_iou_thresh", pred_iou_thresh, 0.0, 1.0)
             key = self.service.add_image(_image(image))
             owner = getattr(request, "session_hash", None)  # one run at a time per API session
             records = everything(self.service, model, key, owner=owner, **args)
