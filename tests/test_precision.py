@@ -234,3 +234,29 @@ def test_hiera_set_precision_keeps_the_checkpoint_layout():
 def test_load_model_runs_hiera_in_bf16():
     model = load_model("random:hiera_t", dtype="bfloat16")
     assert model.precision == "bfloat16" and model.sam_mask_decoder.conv_s1.weight.dtype == torch.float32
+
+
+# ---- the encoders' products through oneDNN -----------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linear_matches_torch(dtype):
+    """sam.modeling.common.linear (oneDNN on CPU) against F.linear + GELU, and the aten route where it must go."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sam.modeling.common import linear, onednn_ok
+
+    g = torch.Generator().manual_seed(0)
+    x, w, b = (torch.randn(*s, generator=g).to(dtype) for s in ((2, 5, 7, 64), (96, 64), (96,)))
+    with torch.no_grad():
+        assert onednn_ok(x, w) == torch.backends.mkldnn.is_available()
+        assert not onednn_ok(x, w.t().contiguous().t())  # strided weight: aten
+        for gelu in (False, True):
+            ref = torch.nn.functional.linear(x.float(), w.float(), b.float())
+            ref = torch.nn.functional.gelu(ref) if gelu else ref
+            out = linear(x, w, b, gelu=gelu)
+            assert out.dtype == dtype and out.shape == (2, 5, 7, 96)
+            assert rel_err(out.float(), ref) < (1e-6 if dtype == torch.float32 else 1e-2)
+        with FlopCounterMode(display=False) as counter:  # the counter sees the product
+            linear(x, w, b)
+        assert counter.get_total_flops() == 2 * 70 * 64 * 96
+    assert not onednn_ok(x, w.requires_grad_())  # autograd: aten (oneDNN's op has no backward)
