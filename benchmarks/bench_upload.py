@@ -1,0 +1,126 @@
+"""Upload -> ready in the page against the image encoder alone, for photos of several sizes.
+
+Starts `python app.py` (sam-vit-base by default, random weights of the real size from a loopback Hub),
+opens it in headless Chromium and uploads JPEG photos the way a visitor does (the canvas's file picker),
+timing from choosing the file to the canvas being ready for clicks: reading and sending the file, decoding
+it (EXIF orientation included), the resize to 1024, the embedding and the answer. Each upload is a new
+image (no embedding cache hit). The same app process is then asked for nothing while this process times
+the image encoder alone on a 1024x1024 input, `--encoder-runs` times, in the same precision and threads
+as the app; the ratio upload / encoder is the cost of everything around the model.
+
+python benchmarks/bench_upload.py [--precision float32] [--rounds 3]
+"""
+
+import argparse
+import io
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.bench_everything import cpu_name  # noqa: E402
+from sam.allocator import reuse_freed_memory  # noqa: E402
+from sam.weights import load_model  # noqa: E402
+from tests.helpers.browser import DEBUG, app_on_hub, launch_chromium, open_app, upload  # noqa: E402
+from tests.helpers.hub import Checkpoints  # noqa: E402
+
+SIZES = {"1280x853": (1280, 853), "1920x1080": (1920, 1080), "4032x3024, EXIF rotated": (4032, 3024)}
+REPOS = {"sam-vit-base": ("facebook/sam-vit-base", "vit_b")}  # model -> (Hub repo served, random checkpoint size)
+
+
+def photo(size: tuple[int, int], seed: int, rotated: bool) -> bytes:
+    """A JPEG (quality 90) of smooth colour fields and noise, so it compresses like a photo (~0.3 byte/pixel)."""
+    w, h = size
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (h // 64 + 1, w // 64 + 1, 3), dtype=np.uint8)
+    base = np.asarray(Image.fromarray(small).resize((w, h), Image.BICUBIC), dtype=np.int16)
+    pixels = np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
+    out = io.BytesIO()
+    exif = Image.Exif()
+    if rotated:
+        exif[0x0112] = 6  # orientation: the phone was held upright
+    Image.fromarray(pixels).save(out, "JPEG", quality=90, exif=exif)
+    return out.getvalue()
+
+
+def page_uploads(url: str, folder: Path, rounds: int) -> dict[str, list[float]]:
+    from playwright.sync_api import sync_playwright
+
+    times: dict[str, list[float]] = {name: [] for name in SIZES}
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        page = open_app(browser, url)
+        upload(page, REPO / "examples" / "coffee.jpg", timeout_ms=600_000)  # warm: the model is loaded
+        for r in range(rounds):
+            for i, (name, size) in enumerate(SIZES.items()):
+                path = folder / f"photo-{r}-{i}.jpg"
+                path.write_bytes(photo(size, seed=100 * r + i, rotated="EXIF" in name))
+                start = time.perf_counter()
+                page.set_input_files(".sam-file", str(path))
+                shown = "document.querySelector(`.sam-canvas img[alt='The image to segment: ${n}']`)"
+                ready = f"(n) => !!{shown} && {DEBUG}.state().ready"
+                page.wait_for_function(ready, arg=path.name, timeout=600_000, polling=20)
+                times[name].append(time.perf_counter() - start)
+                print(f"{name}: {times[name][-1]:.2f} s ({path.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
+        assert page.errors == [], page.errors
+        browser.close()
+    return times
+
+
+def encoder_seconds(checkpoint: Path, precision: str, runs: int) -> list[float]:
+    model = load_model(str(checkpoint), dtype=precision)
+    x = torch.randn(1, 3, model.img_size, model.img_size)
+    out = []
+    with torch.inference_mode():
+        for _ in range(runs + 1):  # the first is a warm-up
+            start = time.perf_counter()
+            model.encode(x)
+            out.append(time.perf_counter() - start)
+    return out[1:]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="sam-vit-base", choices=list(REPOS))
+    parser.add_argument("--precision", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--rounds", type=int, default=3, help="uploads per size")
+    parser.add_argument("--encoder-runs", type=int, default=3)
+    args = parser.parse_args()
+    reuse_freed_memory()
+    load = [os.getloadavg()[0]]
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-upload-")))
+        checkpoints = Checkpoints(tmp / "checkpoints")
+        repo, config = REPOS[args.model]
+        weights = checkpoints.transformers(config, 0)
+        url = stack.enter_context(app_on_hub(checkpoints, tmp, ["--model", args.model], overrides={repo: weights},
+                                             extra_env={"SAM_PRECISION": args.precision}))
+        uploads = page_uploads(url, tmp, args.rounds)
+        load.append(os.getloadavg()[0])
+        encoder = encoder_seconds(weights, args.precision, args.encoder_runs)
+    load.append(os.getloadavg()[0])
+    enc = statistics.median(encoder)
+    rows = {name: {"upload_to_ready_s": round(statistics.median(t), 2), "ratio": round(statistics.median(t) / enc, 2),
+                   "runs": [round(x, 2) for x in t]} for name, t in uploads.items()}
+    machine = (f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.model} {args.precision}, "
+               f"load average {' / '.join(f'{x:.1f}' for x in load)}")
+    print(json.dumps({"machine": machine, "encoder_s": round(enc, 2), "uploads": rows}, indent=1))
+    print(f"\n{machine}; image encoder alone (1024x1024): {enc:.2f} s (median of {len(encoder)})\n")
+    print("| photo | upload -> ready (median) | / encoder alone |\n| --- | --- | --- |")
+    for name, row in rows.items():
+        print(f"| {name} | {row['upload_to_ready_s']:.2f} s | {row['ratio']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
