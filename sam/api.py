@@ -246,8 +246,8 @@ class SAM:
         if prompts is not None and everything:
             raise ValueError(f"{', '.join(everything)}: segment-everything settings (no prompt), not for prompts")
         generator_args = everything_arguments(everything) if prompts is None else {}
-        if prompts is None and "multimask_output" in kwargs:  # with no prompt: the SAM 2 generator's setting
-            generator_args["multimask_output"] = options.multimask_output
+        if prompts is None and "multimask_output" in kwargs and isinstance(self.model, Sam2):
+            generator_args["multimask_output"] = options.multimask_output  # SAM 2's generator setting; SAM's has none
         if source is None and self._image is None:
             raise ValueError("no image: pass a source (path, folder, glob, array, PIL image or tensor) first")
         items = expand(source) if source is not None else [Item(self._path, lambda: self._image)]

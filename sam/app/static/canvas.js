@@ -149,6 +149,7 @@ function drawPrompts(sx, sy, dpr) {
 }
 
 function updateDom() {
+  liveStatus(); // the status line may be rendered (or rendered again) after the page's first second
   const d = root.dataset;
   d.ready = S.ready ? '1' : '0';
   d.candidates = String(S.candidates.length);
