@@ -53,7 +53,7 @@ def percentiles(values: list[float], scale: float = 1.0) -> dict[str, float] | N
     if not values:
         return None
     v = np.asarray(values, dtype=float) * scale
-    return {"n": len(v), "p50": round(float(np.percentile(v, 50)), 1), "p95": round(float(np.percentile(v, 95)), 1)}
+    return {"n": len(v), "p50": round(float(np.percentile(v, 50)), 3), "p95": round(float(np.percentile(v, 95)), 3)}
 
 
 class ServerLoad:
