@@ -112,6 +112,7 @@ def test_the_picker_labels_the_model_in_use_with_its_measured_time_after_an_uplo
     assert "slimsam-50" in labels  # its FLOPs are not known before it loads: the name alone
     page.keyboard.press("Escape")
     click(page, 300, 200)  # the picker's value is still the model's name
-    assert "from sam-vit-base" in page.inner_text(".sam-mask-note")
+    page.wait_for_function("document.querySelector('.sam-mask-note').innerText.includes('from sam-vit-base')",
+                           timeout=10_000, polling=50)  # the note follows the drawing
     assert page.errors == []
     page.context.close()
