@@ -209,8 +209,14 @@ def open_phone(browser, url: str):
 
 
 def upload(page, path: Path | str, timeout_ms: int = 120_000) -> None:
-    """Upload through the canvas's file picker and wait until the embedding is there."""
+    """Upload through the canvas's file picker and wait until the page shows this image with its embedding.
+
+    Waiting for the page to be ready is not enough after an earlier image: it is still ready with the old one
+    until it has read the new file.
+    """
+    before = page.evaluate(f"{DEBUG}.state().images")
     page.set_input_files(".sam-file", str(path))
+    page.wait_for_function(f"{DEBUG}.state().images > {before}", timeout=timeout_ms, polling=50)
     page.wait_for_selector(f"{CANVAS}[data-ready='1']", timeout=timeout_ms)
 
 

@@ -26,7 +26,7 @@ const BUSY_NOTE = {
 };
 
 const S = {
-  token: null, imageKey: null, imageName: '', width: 0, height: 0, ready: false, rid: 0,
+  token: null, imageKey: null, imageName: '', width: 0, height: 0, ready: false, rid: 0, images: 0,
   prompts: [], candidates: [], selected: 0, model: '',
   first: [], firstSelected: 0, firstVersion: -1, // the first click's three masks, while later prompts refine one
   objects: [], objectsVersion: -1, styles: new Map(), // object id -> {hidden, opacity}
@@ -401,6 +401,7 @@ watch('value', async () => {
     S.everything = null; S.everythingOn = false; S.styles.clear(); everythingButton();
   }
   S.ready = true;
+  S.images++; // views of an image applied (tests wait for the next one)
   if ('local' in v) prepareLocal(v.local); // in the background; the server decodes until it is ready
   await applyState(v);
   if (fresh) showStage();
