@@ -6,7 +6,9 @@ every 3 s where it hovered and adds an object after every 10 clicks. `--pages` o
 in headless Chromium (click -> mask drawn, hover -> preview drawn, timed by the page), the rest speak the
 page's protocol without a browser (click -> answer received). The app is started afresh for each N, with
 random weights of the real size served by a loopback Hub, its default precision and decoding threads;
-`--decode server` (the default) turns the page's own decoding off, `--decode browser` on.
+`--decode server` (the default) turns the page's own decoding off; with `--decode browser` the pages decode
+hovers and clicks with ONNX Runtime Web, and the protocol visitors do what such a page asks of the server:
+each image's embedding once, clicks only recorded (`local`), no hovers.
 
 Per N: p50/p95 of each latency, upload -> ready, errors, the server's CPU (cores used on average) and
 peak resident memory, the whole machine's busy cores and its load average before and after. Capacity is
@@ -36,10 +38,12 @@ sys.path.insert(0, str(REPO))
 from tests.helpers.browser import app_on_hub, app_pid, rss_mb  # noqa: E402
 from tests.helpers.hub import Checkpoints  # noqa: E402
 from tests.helpers.visitors import (  # noqa: E402
+    LocalDecode,
     PageVisitor,
     Samples,
     Schedule,
     ServerDecode,
+    Transport,
     plan,
     pool_image,
     run_visitor,
@@ -102,8 +106,10 @@ def warm_up(url: str) -> None:
     visitor.close()
 
 
-def measure(url: str, n: int, pages: int, schedule: Schedule, duration_s: float, seed: int = 0) -> dict:
-    """Run n visitors (the first `pages` of them real pages) for duration_s seconds -> the row for n."""
+def measure(url: str, n: int, pages: int, schedule: Schedule, duration_s: float, seed: int = 0,
+            protocol: type[Transport] = ServerDecode) -> dict:
+    """Run n visitors (the first `pages` of them real pages, the rest `protocol` clients) for duration_s seconds
+    -> the row for n."""
     start = time.perf_counter()
     warm_up(url)
     warm_s = time.perf_counter() - start
@@ -122,7 +128,7 @@ def measure(url: str, n: int, pages: int, schedule: Schedule, duration_s: float,
     def visitor(i: int) -> None:
         visits = plan(schedule, i, n, duration_s, seed)  # images made before the clock starts
         try:
-            transport = PageVisitor(url) if i < pages else ServerDecode(url)
+            transport = PageVisitor(url) if i < pages else protocol(url)
         except Exception as e:
             samples[i] = Samples(errors=[f"visitor {i} could not start: {type(e).__name__}: {e}"[:300]])
             ready.wait()
@@ -157,6 +163,8 @@ def row(n: int, pages: int, samples: list[Samples], load: dict, before, after) -
         "upload_ready_s": percentiles(pooled(samples, "upload"), scale=1 / 1000),
         "sent": {k: sum(s.sent.get(k, 0) for s in samples) for k in ("upload", "hover", "point", "add")},
         "page_decode": sorted({m for s in page for m in s.decode}),
+        "embedding_ms": percentiles(pooled(protocol, "embedding")),
+        "received_bytes": {k: sum(s.received.get(k, 0) for s in samples) for k in ("graph", "embedding")},
         "errors": len(errors), "error_examples": errors[:5],
         **load,
         "load_before": [round(v, 2) for v in before], "load_after": [round(v, 2) for v in after],
@@ -265,8 +273,8 @@ def main() -> None:
                         help="multiplies every interval of the visitors' schedule (below 1: a faster, shorter run)")
     parser.add_argument("--pages", type=int, default=2, help="visitors that are real pages in Chromium (default 2)")
     parser.add_argument("--decode", choices=("server", "browser"), default="server",
-                        help="where the pages decode prompts (default: server; the protocol visitors always ask the "
-                        "server)")
+                        help="where the pages decode prompts (default: server); the protocol visitors do as the page "
+                        "does: ask the server to decode, or fetch each embedding and only report their prompts")
     parser.add_argument("--n", type=int, nargs="+", help="measure these N only (default: search for the capacity)")
     parser.add_argument("--max-n", type=int, default=32)
     parser.add_argument("--out", type=Path, help="write the JSON report here too")
@@ -286,7 +294,8 @@ def main() -> None:
                 env = {"SAM_PRECISION": "auto", "SAM_DECODE_THREADS": "0", **decode_env(args.decode)}
                 with app_on_hub(checkpoints, run_dir, ["--model", model], app_overrides(model, checkpoints),
                                 extra_env=env) as url:
-                    return measure(url, n, args.pages, schedule, args.duration)
+                    protocol = LocalDecode if args.decode == "browser" else ServerDecode
+                    return measure(url, n, args.pages, schedule, args.duration, protocol=protocol)
 
             capacity, rows = search(measure_n, args.max_n, args.n)
             report["models"][model] = {"capacity": capacity, "rows": rows}

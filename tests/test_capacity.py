@@ -9,7 +9,7 @@ import pytest
 from benchmarks.bench_capacity import markdown, measure, search
 from tests.helpers.browser import run_app
 from tests.helpers.hub import LocalHub, hub_env
-from tests.helpers.visitors import EXAMPLES, Schedule, activity, new_rows, plan
+from tests.helpers.visitors import EXAMPLES, LocalDecode, Schedule, activity, new_rows, plan
 
 
 def test_a_visitor_clicks_every_3_s_adds_after_10_clicks_and_opens_examples_for_a_quarter():
@@ -86,3 +86,39 @@ def test_one_visitor_for_a_few_seconds_reports_every_figure(app_url, pages):
     assert row["pass"] == (not row["why"])
     table = markdown({"models": {"sam-vit-base": {"capacity": int(row["pass"]), "rows": [row]}}})
     assert table.count("\n| 1 |") == 1 and "errors" in table
+
+
+@pytest.fixture(scope="module")
+def local_app_url(checkpoints, tmp_path_factory):
+    """The same app with the page's own decoding on, ONNX Runtime Web from node_modules (bench_capacity
+    --decode browser)."""
+    from benchmarks.bench_capacity import decode_env
+    from tests.helpers.browser import node_package
+
+    node_package("onnxruntime-web")
+    tmp = tmp_path_factory.mktemp("local-app")
+    hub = LocalHub()
+    hub.add("facebook/sam-vit-base", checkpoints.transformers("tiny", 0))
+    try:
+        env = {**hub_env(hub.start(), tmp / "hf"), **decode_env("browser")}
+        assert env.get("SAM_ORT_URL"), "onnxruntime-web is not in node_modules"
+        with run_app(["--model", "sam-vit-base"], env, tmp / "app.log") as url:
+            yield url
+    finally:
+        hub.stop()
+
+
+@pytest.mark.parametrize("pages", [0, 1], ids=["protocol", "page"])
+def test_visitors_that_decode_themselves_send_no_hovers_and_fetch_each_embedding(local_app_url, pages):
+    row = measure(local_app_url, 1, pages, Schedule(add_every_clicks=3, time_scale=0.2), duration_s=8,
+                  protocol=LocalDecode)
+    assert row["errors"] == 0, row["error_examples"]
+    assert row["sent"]["point"] >= 3 and row["sent"]["add"] >= 1 and row["sent"]["hover"] > 0
+    if pages:
+        assert row["page_decode"] == ["browser"] and row["click_drawn_ms"]["n"] == row["sent"]["point"]
+        assert row["received_bytes"] == {"graph": 0, "embedding": 0}  # the page's own fetches are not counted
+    else:
+        assert row["hover_answered_ms"] is None  # the server heard of no hover
+        assert row["click_answered_ms"]["n"] == row["sent"]["point"] and row["add_ms"]["n"] == row["sent"]["add"]
+        assert row["embedding_ms"]["n"] == row["sent"]["upload"] == 1
+        assert row["received_bytes"]["graph"] > 0 and row["received_bytes"]["embedding"] > 0

@@ -137,6 +137,7 @@ class Samples:
     ms: dict[str, list[float]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     sent: dict[str, int] = field(default_factory=dict)
+    received: dict[str, int] = field(default_factory=dict)  # bytes by kind (the decoder graph, embeddings)
     decode: set[str] = field(default_factory=set)  # where the page decoded (its data-decode: server, browser)
 
     def add(self, kind: str, ms: float) -> None:
@@ -231,7 +232,7 @@ class ServerDecode:
             self.samples.errors.append(f"upload: {view.get('error') if isinstance(view, dict) else view}"[:300])
             return False
         self.samples.add("upload", (time.perf_counter() - due) * 1000)
-        self.image, self.key = image, view["image"]["key"]
+        self.image, self.key, self.view = image, view["image"]["key"], view
         self.versions = {"objects_version": view.get("objects_version", -1), "first_version": -1}
         return True
 
@@ -260,6 +261,48 @@ class ServerDecode:
 
     def close(self) -> None:
         self.client.close()
+
+
+class LocalDecode(ServerDecode):
+    """The page's requests when it decodes itself, without a browser: after each image it fetches the image's
+    embedding (and the decoder graph, once per visitor, as the browser's cache keeps it); hovers stay in the
+    page, so nothing is sent; clicks are only recorded by the server (`local`). The decode itself runs on the
+    visitor's device, so it is not run here: the page visitors measure it."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.graphs: set[str] = set()
+
+    def open(self, image: PoolImage, due: float) -> bool:
+        if not super().open(image, due):
+            return False
+        local = self.view.get("local")
+        if not local:
+            self.samples.errors.append("upload: the view has no `local` part: the app does not let pages decode")
+            return False
+        try:
+            if local["graph"] not in self.graphs:
+                self._get("graph", local["graph"])
+                self.graphs.add(local["graph"])
+            t = time.perf_counter()
+            self._get("embedding", local["embedding"], params={"key": self.key, "model": local["model"]},
+                      headers={"X-Sam-Token": self.client.token})
+            self.samples.add("embedding", (time.perf_counter() - t) * 1000)
+        except Exception as e:
+            self.samples.errors.append(f"embedding: {type(e).__name__}: {e}"[:300])
+            return False
+        return True
+
+    def _get(self, kind: str, path: str, **kwargs: Any) -> None:
+        r = self.client.http.get(self.client.url + path, **kwargs)
+        r.raise_for_status()
+        self.samples.received[kind] = self.samples.received.get(kind, 0) + len(r.content)
+
+    def hover(self, x: float, y: float, due: float) -> None:
+        self.samples.count("hover")  # decoded in the page: the server hears nothing
+
+    def click(self, x: float, y: float, due: float) -> None:
+        self._act("point", due, x=round(x * self.image.width), y=round(y * self.image.height), label=1, local=True)
 
 
 def new_rows(before: list[dict], now: list[dict]) -> list[dict]:
