@@ -27,7 +27,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_everything import cpu_name  # noqa: E402
+from benchmarks.machine import cpu_name  # noqa: E402
 from sam.allocator import reuse_freed_memory  # noqa: E402
 from sam.annotate import AnnotateJob  # noqa: E402
 from sam.build import build_sam  # noqa: E402

@@ -22,7 +22,6 @@ python benchmarks/bench_capacity.py [--models sam-vit-base mobile-sam] [--durati
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import threading
@@ -35,6 +34,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.machine import cpu_name  # noqa: E402
 from tests.helpers.browser import app_on_hub, app_pid, rss_mb  # noqa: E402
 from tests.helpers.hub import Checkpoints  # noqa: E402
 from tests.helpers.visitors import (  # noqa: E402
@@ -253,8 +253,7 @@ def decode_env(mode: str) -> dict[str, str]:
 
 
 def machine() -> dict:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor() or platform.machine())
+    model = cpu_name()
     cores = len(os.sched_getaffinity(0))
     return {"cpu": model, "cores": cores, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "commit": commit()}

@@ -14,7 +14,6 @@ minutes on a 2-core CPU: --meta-runs 1 is the default, and its single time is re
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -27,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from segment_anything import SamAutomaticMaskGenerator as MetaGenerator  # noqa: E402
 
+from benchmarks.machine import cpu_name  # noqa: E402
 from sam import automatic_sam2  # noqa: E402
 from sam.allocator import reuse_freed_memory  # noqa: E402
 from sam.automatic import DECODER_BATCH, SamAutomaticMaskGenerator  # noqa: E402
@@ -39,13 +39,6 @@ THRESHOLDS = {
     "zero": dict(pred_iou_thresh=0.0, stability_score_thresh=0.0),
 }
 MODELS = {"vit_b": "ViT-B", "hiera_tiny": "SAM 2.1 Hiera-T"}
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def timed(fn) -> tuple[float, object]:

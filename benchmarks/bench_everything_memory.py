@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--sides", type=int, nargs="+", default=[16, 32, 64])
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
-    from benchmarks.bench_speed import cpu_name
+    from benchmarks.machine import cpu_name
 
     print(f"# {cpu_name()}, {platform.python_version()}, model {args.model} (random weights), image 1024x768")
     print("| points per side | thresholds | RSS before | peak RSS | peak - before | time | records |")

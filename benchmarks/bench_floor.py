@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.bench_speed import cpu_name  # noqa: E402
+from benchmarks.machine import cpu_name  # noqa: E402
 from sam.build import build_sam  # noqa: E402
 from sam.modeling.common import linear  # noqa: E402
 from sam.precision import bf16_is_fast  # noqa: E402

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from benchmarks.bench_sam2 import interleaved
-from benchmarks.bench_speed import cpu_name
+from benchmarks.machine import cpu_name
 from sam import SamPredictor
 from sam.allocator import reuse_freed_memory
 from sam.app.timings import gflop

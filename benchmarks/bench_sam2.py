@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from benchmarks.bench_floor import flops, matmul_flops_per_s
-from benchmarks.bench_speed import cpu_name, table
+from benchmarks.bench_speed import table
+from benchmarks.machine import cpu_name
 from sam import SamPredictor
 from sam.allocator import reuse_freed_memory
 from sam.build_sam2 import CONFIGS

@@ -15,7 +15,6 @@ import copy
 import functools
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.machine import cpu_name
 from sam import ImageEmbedding, SamPredictor
 from sam.allocator import reuse_freed_memory
 from sam.build import CONFIGS, build_sam
@@ -45,13 +45,6 @@ def timeit(fn, runs: int, warmup: int = 1) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def embedding_rows(runs: int, bf16: bool) -> list[tuple[str, str, float]]:

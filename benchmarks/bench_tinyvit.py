@@ -12,7 +12,6 @@ Prints a markdown table with the ratios, the CPU, the thread count and the torch
 
 import argparse
 import copy
-import platform
 import statistics
 import sys
 import time
@@ -24,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.machine import cpu_name  # noqa: E402
 from sam.build import build_sam  # noqa: E402
 from sam.precision import bf16_is_fast  # noqa: E402
 from tests.helpers.reference import random_tinyvit_weights  # noqa: E402
@@ -31,13 +31,6 @@ from tests.helpers.reference import random_tinyvit_weights  # noqa: E402
 with warnings.catch_warnings():  # mobile_sam imports timm's deprecated module paths
     warnings.simplefilter("ignore")
     import mobile_sam
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 @torch.no_grad()

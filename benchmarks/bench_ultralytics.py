@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_everything import cpu_name  # noqa: E402
+from benchmarks.machine import cpu_name  # noqa: E402
 from sam.allocator import reuse_freed_memory  # noqa: E402
 from sam.api import SAM  # noqa: E402
 from sam.weights import load_model  # noqa: E402

@@ -29,7 +29,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_everything import cpu_name  # noqa: E402
+from benchmarks.machine import cpu_name  # noqa: E402
 from sam.allocator import reuse_freed_memory  # noqa: E402
 from sam.weights import load_model  # noqa: E402
 from tests.helpers.browser import DEBUG, app_on_hub, launch_chromium, open_app, upload  # noqa: E402
