@@ -26,7 +26,6 @@ python benchmarks/bench_app_click.py [--clicks 50] [--hovers 50] [--previewed 30
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -38,6 +37,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.machine import cpu_name  # noqa: E402
 from tests.helpers.browser import (  # noqa: E402  (the loopback Hub and app launcher the tests use)
     DEBUG,
     act,
@@ -177,7 +177,7 @@ def main() -> None:
         result = run(url, args.image.resolve(), args.clicks, args.hovers, args.previewed, args.browser_decode)
         if args.url is None:  # the app's resident memory with the model loaded, after the embedding and clicks
             result["server_rss_mb"] = round(rss_mb(app_pid(url)))
-    result["machine"] = f"{platform.processor() or platform.machine()}, {_cores()} cores"
+    result["machine"] = f"{cpu_name()}, {_cores()} cores"
     result["decode_threads"] = args.decode_threads if args.url is None else "as the app at --url"
     print(json.dumps(result, indent=1))
     for kind in ("point", "hover", "click_on_preview"):
