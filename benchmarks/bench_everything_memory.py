@@ -3,7 +3,7 @@
     python benchmarks/bench_everything_memory.py [--model vit_b] [--sides 16 32 64]
 
 Each setting runs in a fresh process that loads the model (random weights of the real size) and an
-embedding computed once beforehand, then calls the generator as sam.app.service.everything does
+embedding computed once beforehand, then calls the generator as sam.app.everything.everything does
 (uncompressed RLE, at most 255 masks, logits beyond 256 MB on disk). Reported: resident memory before
 the run, the peak during it (the high-water mark, reset once the model is loaded), their difference,
 the time, the records. Linux only (/proc/self).

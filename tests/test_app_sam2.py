@@ -4,7 +4,8 @@ import numpy as np
 import torch
 
 from sam import SamPredictor
-from sam.app.service import Models, Service, everything, segment
+from sam.app.everything import everything
+from sam.app.service import Models, Service, segment
 from sam.automatic import SamAutomaticMaskGenerator
 from sam.build_sam2 import TINY, build_sam2
 

@@ -5,15 +5,14 @@ import gc
 import numpy as np
 import pytest
 
+from sam.app.actions import Action, parse_action
 from sam.app.session import (
     MAX_OBJECTS,
     MAX_PROMPTS,
-    Action,
     AppSession,
     ImageRef,
     SessionRegistry,
     clean_name,
-    parse_action,
 )
 from sam.export import hex_color
 

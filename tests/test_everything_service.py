@@ -8,7 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from sam.app.service import Busy, Models, Service, everything, everything_slot
+from sam.app.everything import Busy, everything, everything_slot
+from sam.app.service import Models, Service
 from sam.app.settings import EVERYTHING_RUNS
 from sam.app.threads import FairLock
 from tests.helpers.loaders import CountingLoader

@@ -20,7 +20,8 @@ from gradio_client.exceptions import AppError
 import sam.deadline
 from sam.app import settings
 from sam.app.body_limit import BodyLimit
-from sam.app.service import Models, Service, everything
+from sam.app.everything import everything
+from sam.app.service import Models, Service
 from sam.app.settings import Settings
 from sam.automatic import SamAutomaticMaskGenerator
 from sam.deadline import Deadline, TimeLimitError

@@ -13,13 +13,12 @@ from PIL import Image
 
 from sam import SamPredictor
 from sam.app.canvas import CanvasServer, display_size, label_data_url, mask_data_url
+from sam.app.everything import everything, everything_json
 from sam.app.lru import LRU
 from sam.app.service import (
     Decoder,
     Models,
     Service,
-    everything,
-    everything_json,
     image_key,
     read_image,
     segment,

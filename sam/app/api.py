@@ -12,7 +12,8 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
-from .service import Service, everything, everything_json, public_message, read_image, segment
+from .everything import everything, everything_json
+from .service import Service, public_message, read_image, segment
 
 logger = logging.getLogger(__name__)
 MAX_POINTS_PER_SIDE = 32  # /everything's points_per_side: the page's default grid (1,024 points) at most

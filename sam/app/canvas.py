@@ -24,9 +24,11 @@ import numpy as np
 from PIL import Image
 
 from ..export import color
+from .actions import parse_action
 from .browser_decode import BrowserDecode
-from .service import Decoder, Embedded, Service, everything, model_info
-from .session import AppSession, ImageRef, Prompt, SessionRegistry, parse_action
+from .everything import everything
+from .service import Decoder, Embedded, Service, model_info
+from .session import AppSession, ImageRef, Prompt, SessionRegistry
 
 logger = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"

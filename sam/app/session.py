@@ -14,13 +14,11 @@ the earlier masks. A hover preview asks the decoder exactly what a click at the 
 a click where the preview is shown reuses its answer instead of decoding again, as in Meta's demo.
 """
 
-import math
 import re
 import secrets
 import threading
 import time
 import weakref
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -28,7 +26,6 @@ import numpy as np
 
 from ..export import hex_color
 from ..masks import area, decode_coco_rle, encode_coco_rle, mask_to_box
-from ..prompts import check_boxes, check_points
 from .settings import MAX_EVERYTHING_MASKS, MAX_NAME, MAX_OBJECTS, MAX_PROMPTS
 
 
@@ -335,70 +332,6 @@ def clean_name(name: Any) -> str:
     """Untrusted object name -> one printable line of at most MAX_NAME characters."""
     text = re.sub(r"[\x00-\x1f\x7f<>]+", " ", str(name or ""))
     return " ".join(text.split())[:MAX_NAME].strip()
-
-
-# Untrusted input from the page -----------------------------------------------------------------------------
-
-ACTIONS = ("point", "box", "undo", "clear", "clear_all", "choose", "choose_first", "add", "delete", "rename",
-           "hover", "pick")
-
-
-@dataclass(frozen=True)
-class Action:
-    type: str
-    x: float = 0.0
-    y: float = 0.0
-    label: int = 1
-    box: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
-    index: int = 0
-    name: str = ""
-
-
-def _number(data: Mapping, key: str) -> float:
-    value = data.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{key} must be a finite number, got {str(value)[:20]!r}")
-    return float(value)
-
-
-def _index(data: Mapping, key: str) -> int:
-    value = data.get(key)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{key} must be an integer, got {str(value)[:20]!r}")
-    return value
-
-
-def parse_action(data: Any, image: ImageRef | None) -> Action:
-    """Validate a request from the page (types, ranges, image bounds); raises ValueError with the reason."""
-    if not isinstance(data, Mapping):
-        raise ValueError("the request must be a JSON object")
-    kind = data.get("type")
-    if kind not in ACTIONS:
-        raise ValueError(f"unknown action {str(kind)[:20]!r}; expected one of {', '.join(ACTIONS)}")
-    if kind in ("point", "box", "hover") and image is None:
-        raise ValueError("upload an image or pick an example first")
-    if kind in ("point", "hover"):
-        x, y = _number(data, "x"), _number(data, "y")
-        check_points([x, y], [1], (image.height, image.width))
-        label = data.get("label", 1)
-        if kind == "point" and label not in (0, 1):
-            raise ValueError(f"label must be 1 (positive) or 0 (negative), got {str(label)[:20]!r}")
-        return Action(kind, x=x, y=y, label=int(label) if kind == "point" else 1)
-    if kind == "box":
-        box = data.get("box")
-        if not isinstance(box, list | tuple) or len(box) != 4:
-            raise ValueError("box must be [x0, y0, x1, y1]")
-        x0, y0, x1, y1 = (_number({"box": v}, "box") for v in box)
-        (x0, x1), (y0, y1) = sorted((x0, x1)), sorted((y0, y1))  # a drag may go either way
-        return Action(kind, box=tuple(float(v) for v in check_boxes([x0, y0, x1, y1], (image.height, image.width))[0]))
-    if kind in ("choose", "choose_first", "delete", "pick"):
-        return Action(kind, index=_index(data, "index"))
-    if kind in ("add", "rename"):
-        name = data.get("name", "")
-        if not isinstance(name, str):
-            raise ValueError("name must be text")
-        return Action(kind, index=_index(data, "index") if kind == "rename" else 0, name=clean_name(name))
-    return Action(kind)
 
 
 class SessionRegistry:
