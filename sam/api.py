@@ -363,8 +363,9 @@ def announce_work(generator: Any, size: tuple[int, int]) -> None:
     total = sum(crops * points for crops, points in per_layer)
     if total > LARGE_WORK:
         parts = " + ".join(f"{c} crop{'s' * (c > 1)} x {p} points" for c, p in per_layer)
+        each = "3 candidate masks each" if getattr(generator, "multimask_output", True) else "one mask each"
         print(
-            f"segment everything: {parts} = {total} points, 3 candidate masks each (the default, one crop x "
+            f"segment everything: {parts} = {total} points, {each} (the default, one crop x "
             "32 x 32 points, is 1024): this takes a while on a CPU",
             file=sys.stderr,
         )

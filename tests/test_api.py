@@ -404,3 +404,19 @@ def test_models_the_docs_name_that_are_not_supported(name, family, monkeypatch):
         SAM(name)
     monkeypatch.setattr(sam.api, "KNOWN_MODELS", {**sam.api.KNOWN_MODELS, name: None})
     sam.api.check_supported(name)  # a known name is not refused
+
+
+@pytest.mark.parametrize("multimask, each", [(True, "3 candidate masks each"), (False, "one mask each")])
+def test_a_large_segment_everything_is_announced_with_its_masks_per_point(capsys, multimask, each):
+    from types import SimpleNamespace
+
+    from sam.api import announce_work
+
+    grids = [np.zeros((64 * 64, 2)), np.zeros((32 * 32, 2))]
+    generator = SimpleNamespace(crop_n_layers=1, crop_overlap_ratio=512 / 1500, point_grids=grids,
+                                multimask_output=multimask)
+    announce_work(generator, (768, 1024))
+    assert capsys.readouterr().err.startswith(
+        f"segment everything: 1 crop x 4096 points + 4 crops x 1024 points = 8192 points, {each} (")
+    announce_work(SimpleNamespace(crop_n_layers=0, crop_overlap_ratio=0.3, point_grids=grids[1:]), (768, 1024))
+    assert capsys.readouterr().err == ""  # the default work is not announced
