@@ -26,6 +26,7 @@ from sam.app.body_limit import BodyLimit, UploadBudget
 from sam.app.browser_decode import BrowserDecode
 from sam.app.canvas import STATIC, sam_canvas
 from sam.app.handlers import Handlers, model_choices
+from sam.app.isolation import CrossOriginIsolation
 from sam.app.service import Service
 from sam.app.settings import ENV, PRECISIONS, Settings
 from sam.app.sweep import Sweeper
@@ -81,7 +82,7 @@ def wire_page(demo: gr.Blocks, ui: SimpleNamespace, h: Handlers) -> None:
     ).then(h.model_in_use, [ui.model, ui.in_use], [ui.model, ui.in_use], **quick).then(
         h.picker, None, ui.model, **quick
     )
-    # Segment everything takes the embedding lock one batch at a time (sam.app.service.everything) and
+    # Segment everything takes the embedding lock one batch at a time (sam.app.everything.everything) and
     # answers "busy" at once beyond its cap: it must not hold a queue slot that uploads wait for. Its
     # progress and Cancel are on the canvas (CanvasServer.sam_act).
     ui.canvas.everything(
@@ -168,7 +169,8 @@ def main(argv: list[str] | None = None) -> None:
         max_file_size=f"{limits.MAX_UPLOAD_MB}mb",  # uploads; BodyLimit bounds every other request body
         allowed_paths=[str(p) for p in EXAMPLES],
         css=(STATIC / "page.css").read_text(),  # the page around the canvas (canvas.css is the canvas's own)
-        app_kwargs={"middleware": [Middleware(BodyLimit, **body_limits())],
+        app_kwargs={"middleware": [Middleware(BodyLimit, **body_limits()),
+                                   *([Middleware(CrossOriginIsolation)] if browser else [])],  # wasm threads
                     "routes": browser.routes() if browser else []},  # the decoder, embeddings and ORT Web
     )
 

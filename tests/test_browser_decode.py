@@ -120,6 +120,8 @@ def test_page_decodes_hovers_and_clicks_as_the_server_does(browser, local_url, i
     sent = sam_requests(page)
     upload(page, image)
     page.wait_for_function(f"{DEBUG}.state().decode === 'browser'", timeout=60_000)
+    isolated, cores = page.evaluate("[crossOriginIsolated, navigator.hardwareConcurrency]")
+    assert isolated and state(page)["decodeThreads"] == min(4, cores)  # sam/app/isolation.py: wasm threads
 
     hover(page, 300, 200)
     want, _, _ = server_mask(expected, [{"kind": "point", "coords": [300, 200], "label": 1}])
@@ -193,6 +195,7 @@ def test_decoding_forced_off(browser, checkpoints, tmp_path_factory, image, expe
         page.on("request", lambda r: fetched.append(r.url) if "/sam/" in r.url else None)
         server_decoding(page, image, expected)
         assert fetched == []  # neither ORT Web, nor a decoder, nor an embedding
+        assert page.evaluate("crossOriginIsolated") is False  # the headers come with browser decoding only
         assert page.errors == []
 
 

@@ -12,6 +12,7 @@ const LD = {
   failed: false, // the runtime could not load: server decoding from now on
   runtime: null, // Promise of the loaded runtime
   webgpu: false, // the browser has a WebGPU adapter: the runtime's WebGPU build, decoding on the GPU
+  threads: 0, // wasm threads of the runtime (1 unless the page is cross-origin isolated)
   graphs: new Map(), // graph URL -> Promise<InferenceSession>
   session: null,
   embedding: null, // {key, model, tensor}
@@ -77,7 +78,9 @@ function loadRuntime(cfg) {
     document.head.appendChild(s);
   })).then((lib) => {
     lib.env.wasm.wasmPaths = cfg.ort;
-    lib.env.wasm.numThreads = 1; // threads need a cross-origin isolated page, which a Space is not
+    // Threads need a cross-origin isolated page (sam/app/isolation.py): the app's page opened at its own
+    // address, not inside a Space's iframe.
+    lib.env.wasm.numThreads = LD.threads = window.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
     return lib;
   });
   LD.runtime.catch(() => { LD.failed = true; decodeMode(); });
