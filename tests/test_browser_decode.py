@@ -177,6 +177,23 @@ def test_box_and_undo_decode_in_the_page(browser, local_url, image, expected):
     page.context.close()
 
 
+def test_a_long_list_of_prompts_decodes_once_per_click(browser, local_url, image):
+    """Each step of the prompts shown is kept, however many there are: the 30th click decodes once, not its 30
+    steps again (the cache of 24 decodes alone would have lost the first steps)."""
+    page = open_app(browser, local_url)
+    upload(page, image)
+    page.wait_for_function(f"{DEBUG}.state().decode === 'browser'", timeout=60_000)
+    rng = np.random.default_rng(0)
+    runs = []
+    for x, y in rng.uniform(20, 380, (30, 2)):
+        click(page, x, y)
+        runs.append(state(page)["decodeRuns"])
+    assert len(state(page)["prompts"]) == 30
+    assert max(np.diff(runs)) <= 2  # the click's own decode (and at most one hover preview on the way)
+    assert page.errors == []
+    page.context.close()
+
+
 def server_decoding(page, image, expected):
     """Clicks decoded on the server: the page draws exactly the server's masks."""
     upload(page, image)

@@ -273,13 +273,14 @@ async function pump() {
   body.token = S.token;
   body.objects_version = S.objectsVersion;
   body.first_version = S.firstVersion;
-  if (localActive() && LOCAL_TYPES.includes(req.type)) {
-    body.local = true; // the server records it; the masks are computed here
-    speculate(req);
-  }
+  const local = localActive() && LOCAL_TYPES.includes(req.type);
+  if (local) body.local = true; // the server records it; the masks are computed here
   let res;
   try {
-    res = await Promise.race([server.sam_act(body), timeout(TIMEOUT_MS)]);
+    const answer = server.sam_act(body);
+    // A decode holds the page's thread, so it starts once the request is on its way, not before.
+    if (local) setTimeout(() => speculate(req), 0);
+    res = await Promise.race([answer, timeout(TIMEOUT_MS)]);
   } catch (e) {
     res = { error: 'The server did not answer: ' + (e && e.message ? e.message : e) };
   }
@@ -335,7 +336,7 @@ async function applyState(v) {
   let local = null;
   if (v.recorded && localActive()) {
     try { local = await localView(v); } catch (e) { localFailed(e); }
-  } else if ('prompts' in v && !v.prompts.length) LD.current = null;
+  } else if ('prompts' in v && !v.prompts.length) { LD.current = null; LD.steps = []; }
   const [cands, first, objs] = await Promise.all([
     local ? local.cands : 'candidates' in v ? candidateMasks(v.candidates, 'selected' in v ? v.selected : S.selected) : null,
     local ? local.first : 'first' in v ? masks(v.first, CANDIDATE) : null,

@@ -20,6 +20,8 @@ const LD = {
   cache: new Map(), // decode inputs -> {masks: [Float32Array], scores: [number]} (most recent last)
   chain: Promise.resolve(), // decodes run one at a time
   current: null, // the last step of the prompts shown: {key, masks, scores, selected}
+  steps: [], // every step of the prompts shown: [{key, res, emb}]
+  runs: 0, // decodes run (for tests)
   version: 0, // bumped with each new state, so that an older hover preview is not drawn over it
   hoverReq: null, hoverBusy: false,
   layerId: 0,
@@ -42,6 +44,7 @@ async function prepareLocal(cfg) {
   LD.ready = false;
   LD.cfg = cfg;
   LD.current = null;
+  LD.steps = [];
   decodeMode();
   if (!cfg || LD.failed) return;
   const key = S.imageKey, token = S.token;
@@ -53,6 +56,7 @@ async function prepareLocal(cfg) {
     LD.session = session;
     LD.embedding = { key, model: cfg.model, tensor };
     LD.cache.clear();
+    LD.steps = [];
     LD.ready = true;
   } catch (e) {
     console.warn('Decoding on the server: ' + (e && e.message ? e.message : e));
@@ -153,6 +157,7 @@ function decode(key, prompts, maskInput, multimask) {
   const run = async () => {
     const lib = await LD.runtime, t0 = performance.now();
     const out = await LD.session.run(feed(lib, prompts, maskInput));
+    LD.runs++;
     LD.decodeMs += performance.now() - t0;
     const logits = out.low_res_masks.data, iou = out.iou_predictions.data, size = logits.length / 4;
     const picks = multimask ? [1, 2, 3] : [0];
@@ -171,24 +176,30 @@ const argmax = (xs) => xs.reduce((best, x, i) => (x > xs[best] ? i : best), 0);
 
 // The candidates of prompts with the server's choices, step by step as AppSession._step: the first prompt
 // alone (three masks if it is a point), then each further prompt refining the candidate chosen before it.
+// The steps of the prompts shown are kept apart from the cache (LD.steps), so that a long list of prompts
+// does not push its own first steps out of it and make every click decode them all again.
 async function localState(prompts, choices) {
   let step = null, first = null;
+  const steps = [];
   for (let n = 1; n <= prompts.length; n++) {
     const upto = prompts.slice(0, n), multimask = n === 1 && upto[0].kind === 'point';
-    const key = promptKey(upto, choices.slice(0, n - 1));
-    const res = await decode(key, upto, step ? step.masks[step.selected] : null, multimask);
+    const key = promptKey(upto, choices.slice(0, n - 1)), kept = LD.steps[n - 1], emb = LD.embedding;
+    const res = kept && kept.key === key && kept.emb === emb ? kept.res
+      : await decode(key, upto, step ? step.masks[step.selected] : null, multimask);
+    steps.push({ key, res, emb });
     const choice = choices[n - 1];
     const selected = Number.isInteger(choice) && choice >= 0 && choice < res.scores.length ? choice : argmax(res.scores);
     step = { key, res, masks: res.masks, scores: res.scores, selected, choices: choices.slice(0, n) };
     if (n === 1) first = multimask ? step : null;
   }
-  return { step, first };
+  return { step, first, steps };
 }
 
 // The candidates and the first click's masks as the panel shows them, from localState.
 async function localView(v) {
-  const { step, first } = await localState(v.prompts, v.choices || []);
+  const { step, first, steps } = await localState(v.prompts, v.choices || []);
   LD.current = step;
+  LD.steps = steps;
   LD.version++;
   const cands = step ? layers(step, CANDIDATE) : [];
   const firstMasks = !first ? [] : first === step ? cands : layers(first, CANDIDATE);

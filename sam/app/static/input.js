@@ -266,7 +266,7 @@ root.samDebug = {
     everything: S.everything ? { count: S.everything.count, shown: S.everythingOn, under: S.under } : null,
     hover: S.hover ? { x: S.hover.x, y: S.hover.y, score: S.hover.score } : null, message: S.message, error: S.error,
     busy: !!S.inflight || S.queue.length > 0, job: S.job ? S.job.kind : null, mode: S.mode, cursor: S.cursor,
-    decode: root.dataset.decode || 'server', images: S.images, decodeThreads: LD.threads,
+    decode: root.dataset.decode || 'server', images: S.images, decodeThreads: LD.threads, decodeRuns: LD.runs,
   }),
   timings: () => S.timings.slice(),
   labelAt: (x, y) => labelAt(x, y),
