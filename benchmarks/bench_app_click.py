@@ -130,8 +130,8 @@ def run(url: str, image: Path, clicks: int, hovers: int, previewed: int, browser
         memory = {"js_heap_used_mb": round(heap["usedSize"] / 2**20, 1), "renderers_rss_mb": renderer_rss_mb()}
         browser.close()
     out = {"status": status, "image": f"{image.name} ({w}x{h})", "upload_and_embed_s": round(upload_s, 2),
-           "decode": sorted({t.get("decode", "server") for t in timings}), "browser_memory": memory,
-           "fetched_bytes": sizes}
+           "decode": sorted({t["decode"] for t in timings if t["type"] in ("point", "hover")}),
+           "browser_memory": memory, "fetched_bytes": sizes}
     points = [t for t in timings if t["type"] == "point"]
     hovers_only = [t for t in timings if t["type"] == "hover"][:hovers]
     for kind, rows in (("point", points[:clicks]), ("hover", hovers_only), ("click_on_preview", points[clicks:])):

@@ -35,7 +35,7 @@ const S = {
   timings: [], layers: new Map(), message: '', error: false,
   everything: null, everythingOn: false, under: -1, // segment everything: label image, shown, mask under cursor
   job: null, runs: 0, // a long job: {kind: 'image' | 'everything', t0, text, run, progress}
-  pending: null, // an upload the server has not accepted yet: {rid, url, prev: {src, width, height}}
+  pending: null, // an upload the server has not accepted yet: {rid, url, t0, prev: {src, width, height}}
   cursor: null, pointerIn: false, // the keyboard's cursor (image pixels); the pointer is over the tool
 };
 
@@ -386,6 +386,7 @@ watch('value', async () => {
   }
   if (v.cancelled) return say(v.message);
   if (!v.token || !v.image) return;
+  const uploaded = S.pending && v.rid === S.pending.rid ? S.pending.t0 : null;
   S.pending = null;
   const fresh = v.token !== S.token || v.image.key !== S.imageKey;
   S.token = v.token;
@@ -405,6 +406,7 @@ watch('value', async () => {
   S.images++; // views of an image applied (tests wait for the next one)
   if ('local' in v) prepareLocal(v.local); // in the background; the server decodes until it is ready
   await applyState(v);
+  if (uploaded !== null) S.timings.push({ type: 'image', ms: performance.now() - uploaded }); // file chosen -> ready
   if (fresh) showStage();
 });
 

@@ -4,6 +4,7 @@
 // A new file is shown at once, but it replaces the current image, prompts and objects only when the server
 // has read it: when it cannot (a damaged file, too many pixels...) the page goes back to what it had.
 async function loadFile(file) {
+  const t0 = performance.now();
   if (!file || refuseDuringJob()) return;
   if (!file.type || !file.type.startsWith('image/')) return say('That is not an image file.', true);
   const url = URL.createObjectURL(file);
@@ -17,7 +18,7 @@ async function loadFile(file) {
   }
   const rid = ++S.rid;
   if (!S.pending) S.pending = { prev: { src: img.getAttribute('src'), width: S.width, height: S.height } };
-  Object.assign(S.pending, { rid, url });
+  Object.assign(S.pending, { rid, url, t0 });
   S.ready = false; // no prompts until the new image is in
   img.src = url;
   S.width = probe.naturalWidth;
