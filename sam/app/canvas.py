@@ -35,7 +35,8 @@ STATIC = Path(__file__).parent / "static"
 DISPLAY_MAX_SIDE = 1024
 LOCAL = ("point", "box", "undo", "choose", "choose_first")  # what a page that decodes itself only reports
 
-JS_FILES = ("canvas.js", "decoder.js", "panel.js", "input.js")  # one script, in this order (they share its scope)
+# One script, in this order (the files share its scope).
+JS_FILES = ("canvas.js", "server.js", "decoder.js", "panel.js", "input.js")
 # Before @children: the tool (toolbar, image, hints) and its side panel (masks, objects); @children: the
 # components placed inside the canvas in app.py (export, examples), below the panel on wide screens.
 
