@@ -6,9 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks.bench_capacity import markdown, measure, search
-from tests.helpers.browser import run_app
-from tests.helpers.hub import LocalHub, hub_env
+from benchmarks.bench_capacity import decode_env, markdown, measure, search
+from tests.helpers.browser import app_on_hub, node_package
 from tests.helpers.visitors import EXAMPLES, LocalDecode, Schedule, activity, new_rows, plan
 
 
@@ -56,16 +55,10 @@ def test_capacity_search_doubles_then_bisects():
 
 @pytest.fixture(scope="module")
 def app_url(checkpoints, tmp_path_factory):
-    """The app on tiny random weights, from a loopback Hub that has only its default model."""
-    tmp = tmp_path_factory.mktemp("app")
-    hub = LocalHub()
-    hub.add("facebook/sam-vit-base", checkpoints.transformers("tiny", 0))
-    try:
-        env = {**hub_env(hub.start(), tmp / "hf"), "SAM_BROWSER_DECODE": "0"}  # as bench_capacity --decode server
-        with run_app(["--model", "sam-vit-base"], env, tmp / "app.log") as url:
-            yield url
-    finally:
-        hub.stop()
+    """The app on tiny random weights, from a loopback Hub (tests/helpers/browser.py app_on_hub)."""
+    env = decode_env("server")  # as bench_capacity --decode server
+    with app_on_hub(checkpoints, tmp_path_factory.mktemp("app"), ["--model", "sam-vit-base"], extra_env=env) as url:
+        yield url
 
 
 @pytest.mark.parametrize("pages", [0, 1], ids=["protocol", "page"])
@@ -92,20 +85,12 @@ def test_one_visitor_for_a_few_seconds_reports_every_figure(app_url, pages):
 def local_app_url(checkpoints, tmp_path_factory):
     """The same app with the page's own decoding on, ONNX Runtime Web from node_modules (bench_capacity
     --decode browser)."""
-    from benchmarks.bench_capacity import decode_env
-    from tests.helpers.browser import node_package
-
     node_package("onnxruntime-web")
-    tmp = tmp_path_factory.mktemp("local-app")
-    hub = LocalHub()
-    hub.add("facebook/sam-vit-base", checkpoints.transformers("tiny", 0))
-    try:
-        env = {**hub_env(hub.start(), tmp / "hf"), **decode_env("browser")}
-        assert env.get("SAM_ORT_URL"), "onnxruntime-web is not in node_modules"
-        with run_app(["--model", "sam-vit-base"], env, tmp / "app.log") as url:
-            yield url
-    finally:
-        hub.stop()
+    env = decode_env("browser")
+    assert env.get("SAM_ORT_URL"), "onnxruntime-web is not in node_modules"
+    with app_on_hub(checkpoints, tmp_path_factory.mktemp("local-app"), ["--model", "sam-vit-base"],
+                    extra_env=env) as url:
+        yield url
 
 
 @pytest.mark.parametrize("pages", [0, 1], ids=["protocol", "page"])
