@@ -165,7 +165,9 @@ class CanvasServer:
         action = parse_action(data, session.image)
         kind = action.type
         if data.get("local") is True and kind in LOCAL:
-            prompt = Prompt(kind, (action.x, action.y) if kind == "point" else action.box, action.label)
+            prompt = None
+            if kind in ("point", "box"):
+                prompt = Prompt(kind, (action.x, action.y) if kind == "point" else action.box, action.label)
             session.record(kind, prompt, action.index)
             return {**self.view(session, None, data), "recorded": True}
         if kind == "choose" and not session.stale:

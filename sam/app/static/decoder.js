@@ -56,7 +56,6 @@ async function prepareLocal(cfg) {
     LD.session = session;
     LD.embedding = { key, model: cfg.model, tensor };
     LD.cache.clear();
-    LD.steps = [];
     LD.ready = true;
   } catch (e) {
     console.warn('Decoding on the server: ' + (e && e.message ? e.message : e));

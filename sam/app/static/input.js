@@ -254,8 +254,7 @@ q('.sam-cancel').addEventListener('click', async () => {
 });
 new ResizeObserver(() => draw()).observe(img);
 setMode('positive');
-liveStatus();
-setTimeout(liveStatus, 1000);
+setTimeout(liveStatus, 1000); // updateDom sets it now, and again at each update
 updateDom();
 
 // For tests and benchmarks: read what is drawn without reaching into the closure.
