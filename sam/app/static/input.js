@@ -9,9 +9,12 @@ async function loadFile(file) {
   if (!file.type || !file.type.startsWith('image/')) return say('That is not an image file.', true);
   const url = URL.createObjectURL(file);
   const probe = new Image();
+  // Its size is known once it has loaded; decode() would also decode every pixel first (most of a second
+  // for a 12-megapixel photo, before the upload could start). The page's <img> decodes it at display size.
+  const loaded = new Promise((resolve, reject) => { probe.onload = resolve; probe.onerror = reject; });
   probe.src = url;
   try {
-    await probe.decode();
+    await loaded;
   } catch (e) {
     URL.revokeObjectURL(url);
     return say('The browser cannot show this image; try a PNG or JPEG.', true);
