@@ -157,6 +157,7 @@ def row(n: int, pages: int, samples: list[Samples], load: dict, before, after) -
         "n": n, "page_visitors": pages, "protocol_visitors": n - pages,
         "click_drawn_ms": percentiles(pooled(page, "point")),
         "click_answered_ms": percentiles(pooled(protocol, "point")),
+        "click_decode_ms": percentiles(pooled(page, "point_decode")),  # the pages' time in ONNX Runtime
         "hover_drawn_ms": percentiles(pooled(page, "hover")),
         "hover_answered_ms": percentiles(pooled(protocol, "hover")),
         "add_ms": percentiles(pooled(samples, "add")),

@@ -101,6 +101,7 @@ def test_visitors_that_decode_themselves_send_no_hovers_and_fetch_each_embedding
     assert row["sent"]["point"] >= 3 and row["sent"]["add"] >= 1 and row["sent"]["hover"] > 0
     if pages:
         assert row["page_decode"] == ["browser"] and row["click_drawn_ms"]["n"] == row["sent"]["point"]
+        assert 0 < row["click_decode_ms"]["p50"] < row["click_drawn_ms"]["p50"]
         assert row["received_bytes"] == {"graph": 0, "embedding": 0}  # the page's own fetches are not counted
     else:
         assert row["hover_answered_ms"] is None  # the server heard of no hover

@@ -391,6 +391,8 @@ class PageVisitor:
             self.samples.decode.add(mode or "server")
         for t in new_rows(self.rows, rows):
             self.samples.add(t["type"], t["ms"])
+            if t.get("decode") == "browser" and t.get("decode_ms") is not None:
+                self.samples.add(t["type"] + "_decode", t["decode_ms"])  # of it, in ONNX Runtime
         self.rows = rows
         for kind in ("point", "add"):
             missing = self.samples.sent.get(kind, 0) - len(self.samples.ms.get(kind, [])) - self.missing[kind]
