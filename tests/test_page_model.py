@@ -111,6 +111,7 @@ def test_the_picker_labels_the_model_in_use_with_its_measured_time_after_an_uplo
     assert any(re.fullmatch(r"sam2\.1-hiera-tiny · ~[0-9.]+ s, estimated", label) for label in labels), labels
     assert "slimsam-50" in labels  # its FLOPs are not known before it loads: the name alone
     page.keyboard.press("Escape")
+    page.wait_for_selector("#sam-model li[role=option]", state="detached")  # the list no longer covers the image
     click(page, 300, 200)  # the picker's value is still the model's name
     page.wait_for_function("document.querySelector('.sam-mask-note').innerText.includes('from sam-vit-base')",
                            timeout=10_000, polling=50)  # the note follows the drawing

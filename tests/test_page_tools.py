@@ -194,3 +194,25 @@ def test_messages_are_shown_beside_the_toolbar_even_for_a_tall_image(page, tmp_p
     assert state(page)["error"] and state(page)["job"] is None and state(page)["height"] == 1600  # still the tall one
     box = page.locator(".sam-message").bounding_box()
     assert box["y"] >= 0 and box["y"] + box["height"] <= 900
+
+
+def test_candidate_thumbnails_show_the_image_they_were_made_on(page, tmp_path):
+    """The thumbnails draw a small copy of the image made once per image (panel.js, thumbBase): a new image
+    gets new thumbnails, not the previous image's copy."""
+    means = []
+    for name, color in (("red.png", (220, 30, 30)), ("blue.png", (30, 30, 220))):
+        path = tmp_path / name
+        Image.new("RGB", (320, 240), color).save(path)
+        upload(page, path)
+        click(page, 160, 120)
+        pixels = "c => Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)"
+        canvases = "[...document.querySelectorAll('.sam-cand canvas')]"
+        page.wait_for_function(f"(cs => cs.length === 3 && cs.every(c => ({pixels})(c)[7] === 255))({canvases})",
+                               polling=50)  # painted (the other two candidates' masks come just after)
+        thumbs = page.evaluate(f"{canvases}.map(c => [c.width, c.height, ({pixels})(c)])")
+        assert len(thumbs) == 3 and all((w, h) == (85, 64) for w, h, _ in thumbs)  # 320x240 at 64 px tall
+        rgba = np.array([px for _, _, px in thumbs], dtype=float).reshape(3, -1, 4)
+        assert (rgba[..., 3] == 255).all()  # the image fills each thumbnail
+        means.append(rgba[..., :3].mean(axis=(0, 1)))
+    # under any mask (drawn at 0.6 opacity) 40% of the image's colour shows through
+    assert means[0][0] - means[0][2] > 50 and means[1][2] - means[1][0] > 50, means

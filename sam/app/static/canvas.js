@@ -37,6 +37,7 @@ const S = {
   job: null, runs: 0, // a long job: {kind: 'image' | 'everything', t0, text, run, progress}
   pending: null, // an upload the server has not accepted yet: {rid, url, t0, prev: {src, width, height}}
   cursor: null, pointerIn: false, // the keyboard's cursor (image pixels); the pointer is over the tool
+  thumb: null, // the image at the thumbnails' size: {src, canvas} (panel.js, thumbBase)
 };
 
 // ---- masks -----------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ async function loadFile(file) {
   S.height = probe.naturalHeight;
   say('');
   startJob('image', 'Uploading…');
+  img.decode().then(() => { if (S.pending && S.pending.rid === rid) thumbBase(); }, () => null); // while it uploads
   try {
     const { path } = await upload(file);
     if (rid !== S.rid) return;
