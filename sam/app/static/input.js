@@ -28,9 +28,10 @@ async function loadFile(file) {
   S.height = probe.naturalHeight;
   say('');
   startJob('image', 'Uploading…');
-  img.decode().then(() => { if (S.pending && S.pending.rid === rid) thumbBase(); }, () => null); // while it uploads
   try {
-    const { path } = await upload(file);
+    const sending = upload(file);
+    thumbBase(probe); // while the file travels
+    const { path } = await sending;
     if (rid !== S.rid) return;
     jobText('Computing the image embedding…');
     trigger('image', { path, name: file.name || 'image', rid });

@@ -5,29 +5,29 @@ function quality(score) {
   return score >= 0.9 ? 'very good' : score >= 0.8 ? 'good' : score >= 0.6 ? 'fair' : 'poor';
 }
 
-// The image at the thumbnails' size, made once per image: drawing the photo itself into a canvas decodes all
-// of its pixels again (13 ms for 1600x1200, over 100 ms for 12 megapixels), which the first click would pay.
-function thumbBase() {
+// The image at the thumbnails' size (64 px tall), made once per image: drawing the photo itself into a canvas
+// decodes all of its pixels again (13 ms for 1600x1200, over 100 ms for 12 megapixels), which the first click
+// would pay. `from`: a loaded <img> of the same file (loadFile draws from its probe while the file uploads).
+function thumbBase(from = img) {
   const w = Math.max(1, Math.round(S.width * (64 / Math.max(1, S.height))));
-  if (S.thumb && S.thumb.src === img.src && S.thumb.canvas.width === w) return S.thumb.canvas;
+  if (S.thumb && S.thumb.src === from.src && S.thumb.canvas.width === w) return S.thumb.canvas;
   const c = document.createElement('canvas');
   c.width = w;
   c.height = 64;
-  c.getContext('2d').drawImage(img, 0, 0, w, 64);
-  S.thumb = { src: img.src, canvas: c };
+  c.getContext('2d').drawImage(from, 0, 0, w, 64);
+  S.thumb = { src: from.src, canvas: c };
   return c;
 }
 
 // A small picture of the image with one mask over it.
 function thumbnail(mask) {
-  const c = document.createElement('canvas');
-  const scale = 64 / Math.max(1, S.height);
-  c.width = Math.max(1, Math.round(S.width * scale));
-  c.height = 64;
+  const base = thumbBase(), c = document.createElement('canvas');
+  c.width = base.width;
+  c.height = base.height;
   c.setAttribute('aria-hidden', 'true');
   const paint = () => {
     const g = c.getContext('2d');
-    g.drawImage(thumbBase(), 0, 0, c.width, c.height);
+    g.drawImage(base, 0, 0);
     g.globalAlpha = 0.6;
     g.drawImage(mask.layer, 0, 0, c.width, c.height);
   };
