@@ -36,7 +36,7 @@ from sam.weights import load_model  # noqa: E402
 from tests.helpers.browser import DEBUG, app_on_hub, launch_chromium, open_app, upload  # noqa: E402
 from tests.helpers.hub import Checkpoints  # noqa: E402
 
-IMAGES = f"{DEBUG}.timings().filter(t => t.type === 'image').length"  # uploads the page has timed
+UPLOADS = f"{DEBUG}.timings().filter(t => t.type === 'image')"  # the page's timings of its uploads
 SIZES = {"1280x853": (1280, 853), "1920x1080": (1920, 1080), "4032x3024, EXIF rotated": (4032, 3024)}
 REPOS = {"sam-vit-base": ("facebook/sam-vit-base", "vit_b")}  # model -> (Hub repo served, random checkpoint size)
 
@@ -68,14 +68,14 @@ def page_uploads(url: str, folder: Path, rounds: int) -> dict[str, list[float]]:
             for i, (name, size) in enumerate(SIZES.items()):
                 path = folder / f"photo-{r}-{i}.jpg"
                 path.write_bytes(photo(size, seed=100 * r + i, rotated="EXIF" in name))
-                done = page.evaluate(IMAGES)
+                done = page.evaluate(f"{UPLOADS}.length")
                 page.set_input_files(".sam-file", str(path))
                 # The page times itself (file chosen -> ready); waiting polls slowly, as fast polling takes
                 # CPU from the app's embedding on a 2-core machine (about 10% of it at every 20 ms).
-                page.wait_for_function(f"{IMAGES} > {done}", timeout=600_000, polling=250)
+                page.wait_for_function(f"{UPLOADS}.length > {done}", timeout=600_000, polling=250)
                 shown = "document.querySelector(`.sam-canvas img[alt='The image to segment: ${n}']`)"
                 assert page.evaluate(f"(n) => !!{shown} && {DEBUG}.state().ready", path.name)
-                times[name].append(page.evaluate(f"{DEBUG}.timings().filter(t => t.type === 'image').pop().ms") / 1000)
+                times[name].append(page.evaluate(f"{UPLOADS}.pop().ms") / 1000)
                 print(f"{name}: {times[name][-1]:.2f} s ({path.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
         assert page.errors == [], page.errors
         browser.close()
