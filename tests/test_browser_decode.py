@@ -194,6 +194,55 @@ def test_a_long_list_of_prompts_decodes_once_per_click(browser, local_url, image
     page.context.close()
 
 
+def hold_requests(page):
+    """Routes the page's canvas requests to a list instead of the server: the test answers them (route.continue_
+    or route.fulfill) when it chooses."""
+    held = []
+
+    def route(r):
+        if "sam_act" in (r.request.post_data or ""):
+            held.append(r)
+        else:
+            r.continue_()
+
+    page.route("**/*", route)
+    return held
+
+
+def test_a_click_is_drawn_before_the_answer_and_taken_back_when_refused(browser, local_url, image, expected):
+    """The page draws a click's masks as soon as it has decoded them; the server's answer confirms them (no
+    second decode, the time recorded is the early drawing's), or an error puts back the masks before it."""
+    page = open_app(browser, local_url)
+    upload(page, image)
+    page.wait_for_function(f"{DEBUG}.state().decode === 'browser'", timeout=60_000)
+    held = hold_requests(page)
+    first = [{"kind": "point", "coords": [300, 200], "label": 1}]
+    page.mouse.click(*image_to_page(page, 300, 200))
+    page.wait_for_function(f"{DEBUG}.state().scores.length === 3", timeout=30_000)
+    assert len(held) == 1 and state(page)["busy"] and state(page)["prompts"] == first  # no answer yet
+    want, low_res, best = server_mask(expected, first)
+    assert_close(drawn(page, "candidate"), want)
+    runs = state(page)["decodeRuns"]
+    held[0].continue_()
+    page.wait_for_function(f"!{DEBUG}.state().busy && {DEBUG}.timings().some(t => t.type === 'point')")
+    timing = page.evaluate(f"{DEBUG}.timings()").pop()
+    assert timing["ms"] < timing["answer_ms"] and state(page)["decodeRuns"] == runs
+    assert state(page)["prompts"] == first and state(page)["selected"] == best
+    assert_close(drawn(page, "candidate"), want)
+
+    page.mouse.click(*image_to_page(page, 120, 330))
+    page.wait_for_function(f"{DEBUG}.state().prompts.length === 2", timeout=30_000)  # drawn, not answered
+    assert len(held) == 2 and state(page)["busy"]
+    held[1].fulfill(status=500, body="")
+    page.wait_for_function(f"!{DEBUG}.state().busy")
+    shown = state(page)
+    assert shown["prompts"] == first and shown["selected"] == best and shown["error"]
+    assert shown["message"].startswith("The server did not answer")
+    assert_close(drawn(page, "candidate"), want)
+    assert page.errors == []
+    page.context.close()
+
+
 def server_decoding(page, image, expected):
     """Clicks decoded on the server: the page draws exactly the server's masks."""
     upload(page, image)

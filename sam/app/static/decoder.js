@@ -27,6 +27,7 @@ const LD = {
   layerId: 0,
   decodeMs: 0, // time in ONNX Runtime since the last timing was recorded (for the benchmark)
   tables: new Map(), // bilinear index and weight tables by sizes
+  scratch: [], // float32 buffers of maskLayer
   half: null, // float16 bits -> float32
 };
 const LOCAL_TYPES = ['point', 'box', 'undo', 'choose', 'choose_first'];
@@ -253,14 +254,40 @@ function localFailed(e) {
   decodeMode();
 }
 
-// Start decoding what the server's answer to `req` will most likely ask for, while the request travels.
+// Start decoding what the server's answer to `req` will most likely be, while the request travels, and draw it
+// as soon as it is decoded if the answer has not come by then. The answer (the prompts the server recorded)
+// then finds the same decodes and draws the same masks, or other prompts and draws theirs; an error or a
+// refusal puts back what was shown before (unshow).
 function speculate(req) {
   const choices = LD.current ? LD.current.choices : [];
   const prompts = S.prompts.slice();
   if (req.type === 'point') prompts.push({ kind: 'point', coords: [req.x, req.y], label: req.label });
   else if (req.type === 'box') prompts.push({ kind: 'box', coords: req.box, label: 1 });
   else return;
-  localState(prompts, [...choices, null]).catch(() => null);
+  const view = { prompts, choices: [...choices, null], recorded: true };
+  req.shown = localState(prompts, view.choices).then(async () => {
+    if (S.inflight !== req || req.answered || S.queue.length || req.key !== S.imageKey || !localActive()) return;
+    if (prompts.length > MAX_PROMPTS_LOCAL) return; // the server refuses it
+    req.before = { prompts: S.prompts, candidates: S.candidates, selected: S.selected, first: S.first,
+                   firstSelected: S.firstSelected, current: LD.current, steps: LD.steps };
+    await applyState(view);
+    req.drawn = performance.now();
+    req.drawnKey = LD.current && LD.current.key;
+  }).catch(() => null);
+}
+
+// Put back what was shown before `req`'s early drawing (speculate), when the server did not take it.
+function unshow(req) {
+  const b = req.before;
+  if (!b) return;
+  req.before = req.drawn = null;
+  Object.assign(S, { prompts: b.prompts, candidates: b.candidates, selected: b.selected, first: b.first,
+                     firstSelected: b.firstSelected });
+  LD.current = b.current;
+  LD.steps = b.steps;
+  LD.version++;
+  renderCandidates();
+  draw();
 }
 
 // ---- masks at the display size, as the server draws them ------------------------------------------------
@@ -283,34 +310,50 @@ function linearTable(inSize, outSize) {
   return t;
 }
 
-// inH x inW -> the top-left keepH x keepW of its bilinear resize to outH x outW (rows then columns, as torch).
-function resize(src, inH, inW, outH, outW, keepH, keepW) {
-  const f = Math.fround, tx = linearTable(inW, outW), ty = linearTable(inH, outH);
-  const tmp = new Float32Array(inH * keepW);
-  for (let r = 0; r < inH; r++) {
+// Rows of src (inW wide) resized along x to the first keepW of outW columns, into dst (rows x keepW).
+function alongX(src, rows, inW, outW, keepW, dst) {
+  const f = Math.fround, { i0, i1, w0, w1 } = linearTable(inW, outW);
+  for (let r = 0; r < rows; r++) {
     const row = r * inW, o = r * keepW;
-    for (let c = 0; c < keepW; c++) tmp[o + c] = f(f(src[row + tx.i0[c]] * tx.w0[c]) + f(src[row + tx.i1[c]] * tx.w1[c]));
+    for (let c = 0; c < keepW; c++) dst[o + c] = f(f(src[row + i0[c]] * w0[c]) + f(src[row + i1[c]] * w1[c]));
   }
-  const out = new Float32Array(keepH * keepW);
-  for (let y = 0; y < keepH; y++) {
-    const a = ty.i0[y] * keepW, b = ty.i1[y] * keepW, wa = ty.w0[y], wb = ty.w1[y], o = y * keepW;
-    for (let c = 0; c < keepW; c++) out[o + c] = f(f(tmp[a + c] * wa) + f(tmp[b + c] * wb));
-  }
-  return out;
+  return dst;
 }
 
-// Low-res logits -> a canvas of the display size, `color` where the upsampled logits exceed the threshold.
+// Rows of src (w wide) resized along y from inH to the first keepH of outH rows: into dst, or where `px` is
+// given, `rgba` written to px where the value exceeds `t`.
+function alongY(src, inH, outH, keepH, w, dst, px, t, rgba) {
+  const f = Math.fround, ty = linearTable(inH, outH);
+  for (let y = 0; y < keepH; y++) {
+    const a = ty.i0[y] * w, b = ty.i1[y] * w, wa = ty.w0[y], wb = ty.w1[y], o = y * w;
+    if (px) { for (let c = 0; c < w; c++) if (f(f(src[a + c] * wa) + f(src[b + c] * wb)) > t) px[o + c] = rgba; }
+    else for (let c = 0; c < w; c++) dst[o + c] = f(f(src[a + c] * wa) + f(src[b + c] * wb));
+  }
+}
+
+// A float32 buffer of at least n values, kept for the next mask.
+function scratch(i, n) {
+  if (!(LD.scratch[i] && LD.scratch[i].length >= n)) LD.scratch[i] = new Float32Array(n);
+  return LD.scratch[i];
+}
+
+// Low-res logits -> a canvas of the display size, `color` where the upsampled logits exceed the threshold: the
+// logits resized to the model input's square (rows then columns, as torch), cropped to the image, resized to
+// the display size when it differs, thresholded; the last resize writes the pixels itself.
 function maskLayer(logits, color, tag) {
   const cfg = LD.cfg, low = 4 * cfg.shape[1], big = cfg.img_size, [ih, iw] = cfg.input, [dh, dw] = cfg.display;
-  let m = resize(logits, low, low, big, big, ih, iw);
-  if (ih !== dh || iw !== dw) m = resize(m, ih, iw, dh, dw, dh, dw);
   const c = document.createElement('canvas');
   c.width = dw;
   c.height = dh;
-  const g = c.getContext('2d', { willReadFrequently: true }), im = g.createImageData(dw, dh), px = im.data;
-  const rgb = parseInt(color.slice(1), 16), r = rgb >> 16, gr = (rgb >> 8) & 255, b = rgb & 255, t = cfg.threshold;
-  for (let p = 0, i = 0; p < m.length; p++, i += 4) {
-    if (m[p] > t) { px[i] = r; px[i + 1] = gr; px[i + 2] = b; px[i + 3] = 255; }
+  const g = c.getContext('2d', { willReadFrequently: true }), im = g.createImageData(dw, dh);
+  const px = new Uint32Array(im.data.buffer), word = new Uint32Array(1), rgb = parseInt(color.slice(1), 16);
+  new Uint8Array(word.buffer).set([rgb >> 16, (rgb >> 8) & 255, rgb & 255, 255]); // RGBA in memory order
+  const rows = alongX(logits, low, low, big, iw, scratch(0, low * iw)), t = cfg.threshold;
+  if (ih === dh && iw === dw) alongY(rows, low, big, ih, iw, null, px, t, word[0]);
+  else {
+    const input = scratch(1, ih * iw);
+    alongY(rows, low, big, ih, iw, input);
+    alongY(alongX(input, ih, iw, dw, dw, scratch(2, ih * dw)), ih, dh, dh, dw, null, px, t, word[0]);
   }
   g.putImageData(im, 0, 0);
   c.dataset.key = 'local|' + tag + '|' + (++LD.layerId);

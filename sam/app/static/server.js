@@ -34,13 +34,16 @@ async function pump() {
   let res;
   try {
     const answer = server.sam_act(body);
-    // A decode holds the page's thread, so it starts once the request is on its way, not before.
-    if (local) setTimeout(() => speculate(req), 0);
+    // A decode holds the page's thread, so it starts once the request is on its way (the call above sent it),
+    // and before the browser's next frame (a timer would wait for it).
+    if (local) queueMicrotask(() => speculate(req));
     res = await Promise.race([answer, timeout(TIMEOUT_MS)]);
+    if (!res || typeof res !== 'object' || !('seq' in res)) throw new Error('an empty reply'); // answers carry seq
   } catch (e) {
     res = { error: 'The server did not answer: ' + (e && e.message ? e.message : e) };
   }
   req.answered = performance.now();
+  if (req.shown) await req.shown; // what the page drew before the answer came (decoder.js speculate)
   try {
     await apply(req, res || {});
   } catch (e) {
@@ -66,7 +69,9 @@ async function candidateMasks(list, selected) {
 }
 
 async function apply(req, res) {
-  if (res.stale || req.key !== S.imageKey) return; // made on an image the page no longer shows
+  if (req.key !== S.imageKey) return; // made on an image the page no longer shows
+  if (res.stale || res.error) unshow(req);
+  if (res.stale) return;
   if (res.error) {
     if (res.expired) { S.ready = false; S.token = null; }
     if (req.type !== 'hover') say(res.error, true);
@@ -117,13 +122,15 @@ async function applyState(v) {
   draw();
 }
 
-// ms: from the user's action to the answer drawn; answer_ms: to the answer received; server_ms: the server's work.
+// ms: from the user's action to the answer drawn (or to the page's own drawing before it, when the answer
+// confirmed it); answer_ms: to the answer received; server_ms: the server's work.
 function record(type, req, res) {
   if (!req.t0) return;
+  const confirmed = req.drawn && LD.current && LD.current.key === req.drawnKey; // the answer showed no change
   const decode = res.decode || (res.recorded ? 'browser' : 'server');
   const decodeMs = res.recorded ? takeDecodeMs() : res.decode_ms; // time in ONNX Runtime (decoder.js)
-  S.timings.push({ type, ms: performance.now() - req.t0, answer_ms: req.answered - req.t0, server_ms: res.ms, decode,
-                   decode_ms: decodeMs });
+  S.timings.push({ type, ms: (confirmed ? req.drawn : performance.now()) - req.t0, answer_ms: req.answered - req.t0,
+                   server_ms: res.ms, decode, decode_ms: decodeMs });
   if (S.timings.length > 1000) S.timings.shift();
 }
 
