@@ -1,11 +1,19 @@
-"""SAM's prompt encoder and mask decoder as one ONNX graph, for decoding in a browser (ONNX Runtime Web).
+"""SAM's prompt encoder and mask decoder as ONNX graphs, for decoding in a browser (ONNX Runtime Web).
 
 The image encoder stays on the server: the page receives each image's embedding once and then answers
 hovers and clicks itself. The graph takes every prompt as points, as Meta's web demo does: a box is its
 two corners with labels 2 and 3, and a prompt without a box ends with a padding point labelled -1.
 
-Inputs (C = prompt embedding width, h x w = the embedding grid, 64 x 64 for SAM's 1024 px input):
+Two graphs: the image graph runs once per image, the decoder graph once per decode. The image graph computes
+what the decoder's first layer does to the image before any prompt can change it (the keys and values of
+its token-to-image attention, the queries of its image-to-token one); every decode then adds the mask
+input's share (16 channels folded through each projection) instead of projecting 256 channels of every
+image vector again.
+
+Image graph: image_embeddings 1xCxhxw float32 -> image_side 1x(hw)x3I float32 (I = the attention's width).
+Decoder graph inputs (C = prompt embedding width, h x w = the embedding grid, 64 x 64 for SAM's 1024 px input):
   image_embeddings  1xCxhxw float32
+  image_side        1x(hw)x3I float32, the image graph's output for the same embedding
   point_coords      1xNx2 float32, (x, y) in model-input pixels (the image resized so its long side is img_size)
   point_labels      1xN float32: 1 positive, 0 negative, 2 box top-left, 3 box bottom-right, -1 padding
   mask_input        1x1x4hx4w float32: low-res logits of an earlier decode (zeros when there is none)
@@ -27,15 +35,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .modeling.sam import Sam
 
-EXPORT_VERSION = 1  # part of the cache key: bump it when the graph changes
+EXPORT_VERSION = 2  # part of the cache key: bump it when a graph changes
 OPSET = 18
-INPUT_NAMES = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input")
+INPUT_NAMES = ("image_embeddings", "image_side", "point_coords", "point_labels", "mask_input", "has_mask_input")
+PARTS = ("decoder", "image")  # the graphs, by file name prefix
 OUTPUT_NAMES = ("low_res_masks", "iou_predictions")
-_locks: dict[str, threading.Lock] = {}
-_locks_guard = threading.Lock()
+_export_lock = threading.Lock()  # torch.onnx.export keeps global state: one export at a time in a process
 
 
 class DecoderGraph(nn.Module):
@@ -72,23 +81,92 @@ class DecoderGraph(nn.Module):
     def forward(
         self,
         image_embeddings: torch.Tensor,
+        image_side: torch.Tensor,
         point_coords: torch.Tensor,
         point_labels: torch.Tensor,
         mask_input: torch.Tensor,
         has_mask_input: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        sparse = self.embed_points(point_coords, point_labels)
-        dense = self.embed_mask(mask_input, has_mask_input)
-        image_pe = self.prompt_encoder.get_dense_pe()
-        return self.mask_decoder.predict_masks(image_embeddings, image_pe, sparse, dense)
+        md, pe = self.mask_decoder, self.prompt_encoder
+        first, later = md.transformer.layers[0], md.transformer.layers[1:]
+        output_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0)[None]
+        tokens = torch.cat((output_tokens, self.embed_points(point_coords, point_labels)), dim=1)
+        h16 = pe.mask_downscaling[:-1](mask_input).flatten(2).transpose(1, 2)  # 1 x hw x 16
+        dense = self.dense_through(None, h16, has_mask_input)
+        keys = image_embeddings.flatten(2).transpose(1, 2) + dense  # src of MaskDecoder.predict_masks
+        key_pe = pe.get_dense_pe().flatten(2).transpose(1, 2)
+        t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
+        k0, v0, q0 = image_side.chunk(3, dim=-1)
+
+        # The first TwoWayAttentionBlock (skip_first_layer_pe), its image side from image_side.
+        queries = first.norm1(first.self_attn(tokens, tokens, tokens))
+        q = heads(t2i.q_proj(queries + tokens), t2i.num_heads) * (t2i.internal_dim // t2i.num_heads) ** -0.5
+        k = heads(k0 + self.dense_through(t2i.k_proj, h16, has_mask_input), t2i.num_heads)
+        v = heads(v0 + self.dense_through(t2i.v_proj, h16, has_mask_input), t2i.num_heads)
+        out = (torch.softmax(q @ k.transpose(2, 3), dim=-1) @ v).transpose(1, 2).flatten(2)
+        queries = first.norm2(queries + t2i.out_proj(out))
+        queries = first.norm3(queries + first.mlp(queries))
+        h = i2t.num_heads
+        kh = heads(i2t.k_proj(queries + tokens), h) * (i2t.internal_dim // h) ** -0.5  # 1 x H x N x d
+        qh = heads(q0 + self.dense_through(i2t.q_proj, h16, has_mask_input), h)  # 1 x H x hw x d
+        attn = torch.softmax(qh @ kh.transpose(2, 3), dim=-1)  # 1 x H x hw x N
+        vh = heads(i2t.v_proj(queries), h)
+        # as Attention.image_to_tokens: the output projection folded into each head's values
+        vo = torch.einsum("bhnd,chd->bhnc", vh, i2t.out_proj.weight.view(-1, h, vh.shape[-1])) + i2t.out_proj.bias / h
+        out = attn.transpose(1, 2).flatten(2) @ vo.flatten(1, 2)  # 1 x hw x C
+        keys = first.norm4(keys + out)
+
+        for layer in later:
+            queries, keys = layer(queries, keys, tokens, key_pe)
+        final = md.transformer.final_attn_token_to_image
+        queries = queries + final.tokens_to_image(queries + tokens, keys + key_pe, keys)
+        hs = md.transformer.norm_final_attn(queries)
+        mask_tokens = hs[:, 1 : 1 + md.num_mask_tokens]
+        hyper_in = torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(md.output_hypernetworks_mlps)], 1)
+        h, w = pe.image_embedding_size
+        return md.upscale_masks(keys.reshape(1, h, w, -1), hyper_in), md.iou_prediction_head(hs[:, 0])
+
+    def dense_through(self, proj: nn.Linear | None, h16: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
+        """The dense prompt embedding (1 x hw x C) times proj's weight, without its bias (None: the embedding
+        itself): mask_downscaling's last 1x1 convolution folded into proj, applied to its 16 channels h16."""
+        conv, no_mask = self.prompt_encoder.mask_downscaling[-1], self.prompt_encoder.no_mask_embed.weight
+        weight, bias = conv.weight.flatten(1), conv.bias  # C x 16, C
+        if proj is not None:
+            weight, bias, no_mask = proj.weight @ weight, proj.weight @ bias, no_mask @ proj.weight.T
+        return F.linear(h16, weight, bias) * has_mask_input + (1 - has_mask_input) * no_mask
+
+
+class ImageSideGraph(nn.Module):
+    """The image graph: image_embeddings 1xCxhxw -> image_side 1x(hw)x3I, the projections of the image that
+    the decoder's first layer makes before any prompt is added (keys with the positional encoding and
+    values of its token-to-image attention, queries with the encoding of its image-to-token one)."""
+
+    def __init__(self, model: Sam) -> None:
+        super().__init__()
+        DecoderGraph(model)  # the same check of the model
+        self.prompt_encoder = model.prompt_encoder
+        self.first = model.mask_decoder.transformer.layers[0]
+
+    def forward(self, image_embeddings: torch.Tensor) -> torch.Tensor:
+        x = image_embeddings.flatten(2).transpose(1, 2)
+        x_pe = x + self.prompt_encoder.get_dense_pe().flatten(2).transpose(1, 2)
+        t2i, i2t = self.first.cross_attn_token_to_image, self.first.cross_attn_image_to_token
+        return torch.cat([t2i.k_proj(x_pe), t2i.v_proj(x), i2t.q_proj(x_pe)], dim=-1)
+
+
+def heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """B x L x (H d) -> B x H x L x d."""
+    return x.unflatten(-1, (num_heads, -1)).transpose(1, 2)
 
 
 def example_inputs(model: Sam, points: int = 2) -> tuple[torch.Tensor, ...]:
-    """Zero inputs of the graph's shapes for `model`, with `points` points."""
+    """Zero inputs of the decoder graph's shapes for `model`, with `points` points."""
     c = model.prompt_encoder.embed_dim
     h, w = model.prompt_encoder.image_embedding_size
+    side = 3 * model.mask_decoder.transformer.layers[0].cross_attn_token_to_image.internal_dim
     return (
         torch.zeros(1, c, h, w),
+        torch.zeros(1, h * w, side),
         torch.zeros(1, points, 2),
         torch.tensor([[1.0] + [-1.0] * (points - 1)]),
         torch.zeros(1, 1, 4 * h, 4 * w),
@@ -98,13 +176,15 @@ def example_inputs(model: Sam, points: int = 2) -> tuple[torch.Tensor, ...]:
 
 def onnx_inputs(
     embedding: np.ndarray,
+    image_side: np.ndarray,
     points: np.ndarray | None = None,
     labels: np.ndarray | None = None,
     box: np.ndarray | None = None,
     mask_input: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """The graph's feed for one prompt in model-input pixels: embedding 1xCxhxw, points Nx2 with labels N,
-    box 4 (x0, y0, x1, y1), mask_input 4hx4w low-res logits; as the page builds it (static/decoder.js)."""
+    """The decoder graph's feed for one prompt in model-input pixels: embedding 1xCxhxw, the image graph's
+    image_side, points Nx2 with labels N, box 4 (x0, y0, x1, y1), mask_input 4hx4w low-res logits; as the
+    page builds it (static/decoder.js)."""
     coords = [] if points is None else [np.asarray(points, np.float32).reshape(-1, 2)]
     codes = [] if labels is None else [np.asarray(labels, np.float32).reshape(-1)]
     if box is not None:
@@ -116,6 +196,7 @@ def onnx_inputs(
     h, w = embedding.shape[-2:]
     return {
         "image_embeddings": np.asarray(embedding, np.float32),
+        "image_side": np.asarray(image_side, np.float32),
         "point_coords": np.concatenate(coords)[None],
         "point_labels": np.concatenate(codes)[None],
         "mask_input": (np.zeros((4 * h, 4 * w)) if mask_input is None else mask_input).astype(np.float32)[None, None],
@@ -123,16 +204,23 @@ def onnx_inputs(
     }
 
 
-def export_decoder(model: Sam, path: str | Path) -> Path:
-    """Write the ONNX graph of `model`'s prompt encoder + mask decoder (float32 weights) to `path`.
+def export_decoder(model: Sam, path: str | Path, part: str = "decoder") -> Path:
+    """Write `model`'s decoder graph, or with part="image" its image graph (float32 weights), to `path`.
 
     TorchScript-based exporter (dynamo=False): about 5 s for ViT-B's decoder on two CPU cores, where
     torch.export's (dynamo=True, which also needs onnxscript) took 35 s for the same graph; the number of
     points is a dynamic axis. Returns `path`.
     """
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {PARTS}, not {part!r}")
     path = Path(path)
-    graph = DecoderGraph(model).float().eval()
-    dynamic = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}}
+    example = example_inputs(model)
+    if part == "image":
+        graph, example, names, outputs = ImageSideGraph(model), example[:1], ["image_embeddings"], ["image_side"]
+        dynamic = {}
+    else:
+        graph, names, outputs = DecoderGraph(model), list(INPUT_NAMES), list(OUTPUT_NAMES)
+        dynamic = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}}
     # The tracer warns about the decoder's shape-dependent choices of how to multiply (both give the same
     # numbers): the traced graph keeps the choice made for two points.
     with torch.no_grad(), warnings.catch_warnings():
@@ -140,8 +228,8 @@ def export_decoder(model: Sam, path: str | Path) -> Path:
         warnings.filterwarnings("ignore", "You are using the legacy TorchScript", DeprecationWarning)
         warnings.filterwarnings("ignore", "The feature will be removed", DeprecationWarning)
         torch.onnx.export(
-            graph, example_inputs(model), str(path), input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
-            dynamic_axes=dynamic, opset_version=OPSET, dynamo=False, do_constant_folding=True,
+            graph.float().eval(), example, str(path), input_names=names, output_names=outputs, dynamic_axes=dynamic,
+            opset_version=OPSET, dynamo=False, do_constant_folding=True,
         )
     return path
 
@@ -158,27 +246,28 @@ def decoder_key(model: Sam) -> str:
     return h.hexdigest()[:16]
 
 
-def cached_decoder(model: Sam, cache_dir: str | Path, key: str | None = None) -> Path:
-    """The ONNX graph of `model` in `cache_dir` (decoder-KEY.onnx), exported on first use.
+def cached_decoder(model: Sam, cache_dir: str | Path, key: str | None = None, part: str = "decoder") -> Path:
+    """`model`'s decoder graph (or its image graph, part="image") in `cache_dir`, PART-KEY.onnx, exported on
+    first use.
 
-    Safe to call from several threads and processes: one export per key at a time here, and the file
-    appears under its name only once it is complete.
+    Safe to call from several threads and processes: one export at a time here, and the file appears under
+    its name only once it is complete.
     """
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {PARTS}, not {part!r}")
     key = key or decoder_key(model)
     folder = Path(cache_dir)
-    path = folder / f"decoder-{key}.onnx"
+    path = folder / f"{part}-{key}.onnx"
     if path.is_file():
         return path
-    with _locks_guard:
-        lock = _locks.setdefault(key, threading.Lock())
-    with lock:
+    with _export_lock:
         if path.is_file():
             return path
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".decoder-{key}-", suffix=".onnx", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=f".{part}-{key}-", suffix=".onnx", dir=folder)
         os.close(fd)
         try:
-            export_decoder(model, tmp)
+            export_decoder(model, tmp, part)
             os.replace(tmp, path)
         finally:
             Path(tmp).unlink(missing_ok=True)

@@ -329,6 +329,9 @@ def test_routes_serve_the_decoder_and_only_the_sessions_embedding(checkpoints, t
     graph = client.get(local["graph"])
     assert graph.status_code == 200 and "immutable" in graph.headers["cache-control"]
     assert graph.content == (tmp_path / local["graph"].rsplit("/", 1)[1]).read_bytes()
+    image_graph = client.get(local["image_graph"])
+    assert image_graph.status_code == 200 and "immutable" in image_graph.headers["cache-control"]
+    assert local["image_graph"].rsplit("/", 1)[1] == "image-" + local["graph"].rsplit("-", 1)[1]
     query = {"key": view["image"]["key"], "model": "sam-vit-base"}
     got = client.get(local["embedding"], params=query, headers={"X-Sam-Token": session.token})
     c, h, w = local["shape"]
@@ -340,5 +343,6 @@ def test_routes_serve_the_decoder_and_only_the_sessions_embedding(checkpoints, t
     assert client.get(local["embedding"], params={**query, "key": "0" * 32},
                       headers={"X-Sam-Token": session.token}).status_code == 404
     assert client.get("/sam/decoder/decoder-0123456789abcdef.onnx").status_code == 404
+    assert client.get("/sam/decoder/encoder-" + local["graph"].rsplit("-", 1)[1]).status_code == 404
     assert client.get("/sam/ort/ort.min.js").headers["content-type"].startswith("text/javascript")
     assert client.get("/sam/ort/..%2Fpackage.json").status_code == 404

@@ -23,13 +23,17 @@ def exported(request, checkpoints, tmp_path_factory):
     model (256 px input, 16x16 embedding), the others MobileSAM's and ViT-B's full-size decoders."""
     source = str(checkpoints.transformers("tiny", 0)) if request.param == "tiny" else request.param
     model = load_model(source, dtype="float32")
-    path = cached_decoder(model, tmp_path_factory.mktemp("onnx"))
+    folder = tmp_path_factory.mktemp("onnx")
+    path = cached_decoder(model, folder)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     c = model.prompt_encoder.embed_dim
     h, w = model.prompt_encoder.image_embedding_size
     embedding = torch.randn(1, c, h, w, generator=torch.Generator().manual_seed(0))
     predictor = SamPredictor(model)
     predictor.set_embedding(ImageEmbedding(embedding, (model.img_size,) * 2, (model.img_size,) * 2))
+    image_graph = ort.InferenceSession(str(cached_decoder(model, folder, part="image")),
+                                       providers=["CPUExecutionProvider"])
+    session.image_side = image_graph.run(None, {"image_embeddings": embedding.numpy()})[0]  # once per image
     return model, path, session, predictor
 
 
@@ -47,7 +51,7 @@ def torch_decode(predictor, scale, points=None, labels=None, box=None, mask_inpu
 def onnx_decode(session, predictor, scale, points=None, labels=None, box=None, mask_input=None, multimask=True):
     """The graph's answer, with the page's choice of outputs: tokens 1-3 with multimask, else token 0."""
     feed = onnx_inputs(
-        predictor.features.numpy(), None if points is None else np.array(points) * scale, labels,
+        predictor.features.numpy(), session.image_side, None if points is None else np.array(points) * scale, labels,
         None if box is None else np.array(box) * scale, mask_input,
     )
     low_res, iou = session.run(None, feed)
@@ -98,6 +102,9 @@ def test_cache_key_follows_the_weights(exported, tmp_path):
             weight.copy_(saved)
     assert decoder_key(model) == key
     assert list(path.parent.glob(".decoder-*")) == []  # no half-written files left behind
+    assert cached_decoder(model, path.parent, part="image").name == f"image-{key}.onnx"
+    with pytest.raises(ValueError, match="part must be one of"):
+        cached_decoder(model, path.parent, part="encoder")
 
 
 def test_sam2_is_refused():

@@ -1,13 +1,15 @@
 """What the page needs to decode hovers and clicks itself: the decoder as ONNX, each image's embedding, ORT Web.
 
-The page (static/decoder.js) loads ONNX Runtime Web, fetches the ONNX graph of the model's prompt encoder
+The page (static/decoder.js) loads ONNX Runtime Web, fetches the ONNX graphs of the model's prompt encoder
 and mask decoder once per model (sam/onnx.py, exported on first request and cached on disk per weights)
-and each image's embedding once, as float16 bytes; then it decodes locally. The server still hears of
+and each image's embedding once, as float16 bytes; it runs the image graph once per image and then
+decodes locally. The server still hears of
 every prompt (`local` requests, recorded without decoding, see CanvasServer) and decodes only when an
 object is added. Anything that fails here leaves the page on server decoding.
 
 Routes (added to Gradio's app by app.py):
-  GET /sam/decoder/decoder-KEY.onnx   the graph (immutable: KEY hashes the weights)
+  GET /sam/decoder/decoder-KEY.onnx   the decoder graph (immutable: KEY hashes the weights)
+  GET /sam/decoder/image-KEY.onnx     the image graph, run once per image
   GET /sam/embedding?key=&model=   CxHxW float16, little-endian, of the current image of the session
                                       named by the X-Sam-Token header (not in the URL, which logs keep)
   GET /sam/ort/NAME   onnxruntime-web's files, when SAM_ORT_URL names a local folder
@@ -84,6 +86,7 @@ class BrowserDecode:
             "ort": self.ort_base,
             "integrity": self.integrity,
             "graph": f"{PREFIX}/decoder/decoder-{key}.onnx",
+            "image_graph": f"{PREFIX}/decoder/image-{key}.onnx",
             "embedding": f"{PREFIX}/embedding",
             "model": session.model_name,
             "shape": [model.prompt_encoder.embed_dim, h, w],
@@ -104,16 +107,16 @@ class BrowserDecode:
 
     # routes (sync: Starlette runs them on its thread pool) -----------------------------------------------
     def decoder(self, request: Request) -> Response:
-        match = re.fullmatch(r"decoder-([0-9a-f]{16})\.onnx", request.path_params["name"])
+        match = re.fullmatch(r"(decoder|image)-([0-9a-f]{16})\.onnx", request.path_params["name"])
         with self._lock:
-            found = [(name, model) for name, (model, key) in self._keys.items() if match and key == match[1]]
+            found = [(name, model) for name, (model, key) in self._keys.items() if match and key == match[2]]
         if not found:
             return PlainTextResponse("no such decoder", status_code=404)
         name, model = found[0]
         if self.service.models.get(name) is not model:  # unloaded or replaced since the page was told of it
             return PlainTextResponse("that model is no longer loaded", status_code=404)
         try:
-            path = cached_decoder(model, self.cache_dir, match[1])
+            path = cached_decoder(model, self.cache_dir, match[2], part=match[1])
         except Exception:
             logger.exception("could not export the decoder of %s", name)
             return PlainTextResponse("the decoder could not be exported", status_code=500)

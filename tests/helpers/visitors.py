@@ -265,7 +265,7 @@ class ServerDecode:
 
 class LocalDecode(ServerDecode):
     """The page's requests when it decodes itself, without a browser: after each image it fetches the image's
-    embedding (and the decoder graph, once per visitor, as the browser's cache keeps it); hovers stay in the
+    embedding (and the two graphs, once per visitor, as the browser's cache keeps them); hovers stay in the
     page, so nothing is sent; clicks are only recorded by the server (`local`). The decode itself runs on the
     visitor's device, so it is not run here: the page visitors measure it."""
 
@@ -281,9 +281,10 @@ class LocalDecode(ServerDecode):
             self.samples.errors.append("upload: the view has no `local` part: the app does not let pages decode")
             return False
         try:
-            if local["graph"] not in self.graphs:
-                self._get("graph", local["graph"])
-                self.graphs.add(local["graph"])
+            for graph in (local["graph"], local["image_graph"]):
+                if graph not in self.graphs:
+                    self._get("graph", graph)
+                    self.graphs.add(graph)
             t = time.perf_counter()
             self._get("embedding", local["embedding"], params={"key": self.key, "model": local["model"]},
                       headers={"X-Sam-Token": self.client.token})

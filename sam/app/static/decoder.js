@@ -1,6 +1,6 @@
 // ---- decoding in the browser (part of the canvas's script; see canvas.js) -----------------------------------
-// With ONNX Runtime Web, the model's prompt encoder + mask decoder as ONNX (fetched once per model) and the
-// image's embedding (fetched once per image, float16), the page answers hovers itself and computes the
+// With ONNX Runtime Web, the model's prompt encoder + mask decoder as ONNX (two graphs fetched once per model)
+// and the image's embedding (fetched once per image, float16), the page answers hovers itself and computes the
 // candidate masks of its prompts. The server still keeps the prompts and the choices of candidate (requests
 // marked `local`, recorded without decoding) and answers with them; the masks are computed here from that
 // answer, by the same steps as the server's session (sam/app/session.py), and drawn as the server would
@@ -8,14 +8,14 @@
 // (bilinear, align_corners=False, as F.interpolate) and thresholded. Until all of it has loaded, and for
 // good when the runtime cannot load, every request goes to the server as before.
 const LD = {
-  cfg: null, // the view's `local`: {ort, integrity, graph, embedding, model, shape, img_size, input, display, ...}
+  cfg: null, // the view's `local`: {ort, integrity, graph, image_graph, embedding, model, shape, input, display, ...}
   failed: false, // the runtime could not load: server decoding from now on
   runtime: null, // Promise of the loaded runtime
   webgpu: false, // the browser has a WebGPU adapter: the runtime's WebGPU build, decoding on the GPU
   threads: 0, // wasm threads of the runtime (1 unless the page is cross-origin isolated)
   graphs: new Map(), // graph URL -> Promise<InferenceSession>
   session: null,
-  embedding: null, // {key, model, tensor}
+  embedding: null, // {key, model, tensor, side: the image graph's output}
   ready: false,
   cache: new Map(), // decode inputs -> {masks: [Float32Array], scores: [number]} (most recent last)
   chain: Promise.resolve(), // decodes run one at a time
@@ -51,11 +51,16 @@ async function prepareLocal(cfg) {
   const key = S.imageKey, token = S.token;
   try {
     const ortLib = await loadRuntime(cfg);
-    const session = await graph(ortLib, cfg.graph);
+    const [session, imageGraph] = await Promise.all([graph(ortLib, cfg.graph), graph(ortLib, cfg.image_graph)]);
     const tensor = await fetchEmbedding(ortLib, cfg, key, token);
     if (LD.cfg !== cfg || S.imageKey !== key) return; // another image or model since
+    // The decoder's first layer's view of the image, the same for every prompt (sam/onnx.py): once per image.
+    const run = LD.chain.then(() => imageGraph.run({ image_embeddings: tensor })); // after any decode running
+    LD.chain = run.catch(() => null);
+    const side = (await run).image_side;
+    if (LD.cfg !== cfg || S.imageKey !== key) return;
     LD.session = session;
-    LD.embedding = { key, model: cfg.model, tensor };
+    LD.embedding = { key, model: cfg.model, tensor, side };
     LD.cache.clear();
     LD.ready = true;
   } catch (e) {
@@ -143,6 +148,7 @@ function feed(lib, prompts, maskInput) {
   const n = labels.length, low = 4 * cfg.shape[1];
   return {
     image_embeddings: LD.embedding.tensor,
+    image_side: LD.embedding.side,
     point_coords: new lib.Tensor('float32', Float32Array.from(coords), [1, n, 2]),
     point_labels: new lib.Tensor('float32', Float32Array.from(labels), [1, n]),
     mask_input: new lib.Tensor('float32', maskInput || new Float32Array(low * low), [1, 1, low, low]),
