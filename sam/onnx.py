@@ -55,9 +55,7 @@ class DecoderGraph(nn.Module):
 
     def __init__(self, model: Sam) -> None:
         super().__init__()
-        if not isinstance(model, Sam):
-            name = type(model).__name__
-            raise ValueError(f"only SAM models (ViT-B/L/H, MobileSAM, SlimSAM) are exported, not {name}")
+        require_sam(model)
         self.prompt_encoder = model.prompt_encoder
         self.mask_decoder = model.mask_decoder
         self.img_size = model.img_size
@@ -71,12 +69,6 @@ class DecoderGraph(nn.Module):
         for i, point_embedding in enumerate(pe.point_embeddings):
             embedding = embedding + (labels == i) * point_embedding.weight
         return embedding
-
-    def embed_mask(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
-        """1x1x4hx4w logits, has_mask_input 1 -> the 1xCxhxw dense embedding (no_mask_embed where it is 0)."""
-        pe = self.prompt_encoder
-        dense = pe.mask_downscaling(mask_input) * has_mask_input
-        return dense + (1 - has_mask_input) * pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
 
     def forward(
         self,
@@ -143,7 +135,7 @@ class ImageSideGraph(nn.Module):
 
     def __init__(self, model: Sam) -> None:
         super().__init__()
-        DecoderGraph(model)  # the same check of the model
+        require_sam(model)
         self.prompt_encoder = model.prompt_encoder
         self.first = model.mask_decoder.transformer.layers[0]
 
@@ -152,6 +144,12 @@ class ImageSideGraph(nn.Module):
         x_pe = x + self.prompt_encoder.get_dense_pe().flatten(2).transpose(1, 2)
         t2i, i2t = self.first.cross_attn_token_to_image, self.first.cross_attn_image_to_token
         return torch.cat([t2i.k_proj(x_pe), t2i.v_proj(x), i2t.q_proj(x_pe)], dim=-1)
+
+
+def require_sam(model: Sam) -> None:
+    if not isinstance(model, Sam):
+        name = type(model).__name__
+        raise ValueError(f"only SAM models (ViT-B/L/H, MobileSAM, SlimSAM) are exported, not {name}")
 
 
 def heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
