@@ -80,9 +80,8 @@ class DecoderGraph(nn.Module):
         has_mask_input: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         md, pe = self.mask_decoder, self.prompt_encoder
-        first, later = md.transformer.layers[0], md.transformer.layers[1:]
-        output_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0)[None]
-        tokens = torch.cat((output_tokens, self.embed_points(point_coords, point_labels)), dim=1)
+        first = md.transformer.layers[0]
+        tokens = md.tokens(self.embed_points(point_coords, point_labels))
         h16 = pe.mask_downscaling[:-1](mask_input).flatten(2).transpose(1, 2)  # 1 x hw x 16
         dense = self.dense_through(None, h16, has_mask_input)
         keys = image_embeddings.flatten(2).transpose(1, 2) + dense  # src of MaskDecoder.predict_masks
@@ -108,15 +107,10 @@ class DecoderGraph(nn.Module):
         out = attn.transpose(1, 2).flatten(2) @ vo.flatten(1, 2)  # 1 x hw x C
         keys = first.norm4(keys + out)
 
-        for layer in later:
-            queries, keys = layer(queries, keys, tokens, key_pe)
-        final = md.transformer.final_attn_token_to_image
-        queries = queries + final.tokens_to_image(queries + tokens, keys + key_pe, keys)
-        hs = md.transformer.norm_final_attn(queries)
-        mask_tokens = hs[:, 1 : 1 + md.num_mask_tokens]
-        hyper_in = torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(md.output_hypernetworks_mlps)], 1)
+        hs, keys = md.transformer.layers_from(1, queries, keys, tokens, key_pe)
+        hyper_in, iou_pred = md.read_tokens(hs)
         h, w = pe.image_embedding_size
-        return md.upscale_masks(keys.reshape(1, h, w, -1), hyper_in), md.iou_prediction_head(hs[:, 0])
+        return md.upscale_masks(keys.reshape(1, h, w, -1), hyper_in), iou_pred
 
     def dense_through(self, proj: nn.Linear | None, h16: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
         """The dense prompt embedding (1 x hw x C) times proj's weight, without its bias (None: the embedding
@@ -150,6 +144,11 @@ def require_sam(model: Sam) -> None:
     if not isinstance(model, Sam):
         name = type(model).__name__
         raise ValueError(f"only SAM models (ViT-B/L/H, MobileSAM, SlimSAM) are exported, not {name}")
+
+
+def check_part(part: str) -> None:
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {PARTS}, not {part!r}")
 
 
 def heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -209,8 +208,7 @@ def export_decoder(model: Sam, path: str | Path, part: str = "decoder") -> Path:
     torch.export's (dynamo=True, which also needs onnxscript) took 35 s for the same graph; the number of
     points is a dynamic axis. Returns `path`.
     """
-    if part not in PARTS:
-        raise ValueError(f"part must be one of {PARTS}, not {part!r}")
+    check_part(part)
     path = Path(path)
     example = example_inputs(model)
     if part == "image":
@@ -251,8 +249,7 @@ def cached_decoder(model: Sam, cache_dir: str | Path, key: str | None = None, pa
     Safe to call from several threads and processes: one export at a time here, and the file appears under
     its name only once it is complete.
     """
-    if part not in PARTS:
-        raise ValueError(f"part must be one of {PARTS}, not {part!r}")
+    check_part(part)
     key = key or decoder_key(model)
     folder = Path(cache_dir)
     path = folder / f"{part}-{key}.onnx"

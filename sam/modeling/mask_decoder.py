@@ -73,9 +73,7 @@ class MaskDecoder(nn.Module):
         Only the K masks are computed: their hypernetwork vectors alone multiply the upscaled features.
         """
         B = sparse_prompt_embeddings.shape[0]
-        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
-        output_tokens = output_tokens.unsqueeze(0).expand(B, -1, -1)
-        tokens = torch.cat((output_tokens, sparse_prompt_embeddings.to(output_tokens.dtype)), dim=1)
+        tokens = self.tokens(sparse_prompt_embeddings)
         if dense_prompt_embeddings.stride(0) == 0:  # the same no-mask embedding for every prompt
             dense_prompt_embeddings = dense_prompt_embeddings[:1]
         # The image side keeps batch 1 until the first image-to-token attention makes it per prompt,
@@ -83,10 +81,7 @@ class MaskDecoder(nn.Module):
         src = image_embeddings + dense_prompt_embeddings
         _, c, h, w = src.shape
         hs, src = self.transformer(src, image_pe, tokens)
-        iou_pred = self.iou_prediction_head(hs[:, 0, :])
-        mask_tokens_out = hs[:, 1 : (1 + self.num_mask_tokens), :]
-        mlps = list(enumerate(self.output_hypernetworks_mlps))[mask_slice]
-        hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in mlps], dim=1)
+        hyper_in, iou_pred = self.read_tokens(hs, mask_slice)
         src = src.reshape(-1, h, w, c)
         if min_iou is None:
             return self.upscale_masks(src, hyper_in), iou_pred
@@ -95,6 +90,20 @@ class MaskDecoder(nn.Module):
         if live.any():
             masks[live] = self.upscale_masks(src.expand(B, -1, -1, -1)[live], hyper_in[live])
         return masks, iou_pred
+
+    def tokens(self, sparse_prompt_embeddings: torch.Tensor) -> torch.Tensor:
+        """The IoU and mask tokens followed by the prompts' BxNxC embeddings: Bx(1+num_mask_tokens+N)xC."""
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        output_tokens = output_tokens.unsqueeze(0).expand(sparse_prompt_embeddings.shape[0], -1, -1)
+        return torch.cat((output_tokens, sparse_prompt_embeddings.to(output_tokens.dtype)), dim=1)
+
+    def read_tokens(self, hs: torch.Tensor, mask_slice: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+        """The transformer's tokens BxTxC -> (hypernetwork vectors BxKxC/8 of the mask tokens in mask_slice,
+        IoU predictions Bxnum_mask_tokens of all)."""
+        mask_tokens_out = hs[:, 1 : (1 + self.num_mask_tokens), :]
+        mlps = list(enumerate(self.output_hypernetworks_mlps))[mask_slice]
+        hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in mlps], dim=1)
+        return hyper_in, self.iou_prediction_head(hs[:, 0, :])
 
     def upscale_masks(self, src: torch.Tensor, hyper_in: torch.Tensor) -> torch.Tensor:
         """output_upscaling, then each mask token's product with it: src BxHxWxC, hyper_in BxMxC/8 -> BxMx4Hx4W.

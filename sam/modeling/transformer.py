@@ -40,8 +40,14 @@ class TwoWayTransformer(nn.Module):
         """
         keys = image_embedding.flatten(2).transpose(1, 2).contiguous()  # every image-side op runs on rows
         key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
-        queries = point_embedding
-        for layer in self.layers:
+        return self.layers_from(0, point_embedding, keys, point_embedding, key_pe)
+
+    def layers_from(
+        self, first: int, queries: torch.Tensor, keys: torch.Tensor, point_embedding: torch.Tensor, key_pe: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layers from index `first` on, then the final token-to-image attention: queries and point_embedding
+        BxNxC, keys Bx(hw)xC or 1x(hw)xC, key_pe 1x(hw)xC -> (BxNxC tokens, Bx(hw)xC image)."""
+        for layer in self.layers[first:]:
             queries, keys = layer(queries, keys, point_embedding, key_pe)
         q = queries + point_embedding
         queries = queries + self.final_attn_token_to_image.tokens_to_image(q, keys + key_pe, keys)

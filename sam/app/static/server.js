@@ -45,7 +45,7 @@ async function pump() {
   req.answered = performance.now();
   if (req.shown) await req.shown; // what the page drew before the answer came (decoder.js speculate)
   try {
-    await apply(req, res || {});
+    await apply(req, res);
   } catch (e) {
     console.error(e);
     say('Could not draw the answer: ' + e, true);
@@ -70,7 +70,7 @@ async function candidateMasks(list, selected) {
 
 async function apply(req, res) {
   if (req.key !== S.imageKey) return; // made on an image the page no longer shows
-  if (res.stale || res.error) unshow(req);
+  if (res.stale || res.error) unshow(req); // the server did not take what the page drew early
   if (res.stale) return;
   if (res.error) {
     if (res.expired) { S.ready = false; S.token = null; }
