@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from segment_anything import SamAutomaticMaskGenerator as MetaGenerator  # noqa: E402
 
+from benchmarks.bench_floor import floor_rates, flops  # noqa: E402
 from benchmarks.machine import cpu_name  # noqa: E402
 from sam import automatic_sam2  # noqa: E402
 from sam.allocator import reuse_freed_memory  # noqa: E402
@@ -100,6 +101,24 @@ def decoder_time(generator: SamAutomaticMaskGenerator, embedding: ImageEmbedding
     return time.perf_counter() - start
 
 
+def decoder_flops(generator: SamAutomaticMaskGenerator, embedding: ImageEmbedding, sample: int = 64) -> float:
+    """FLOPs of the decoder work every point needs (transformer and IoU head, no mask upscaled), counted on
+    the first `sample` points in the generator's batches and scaled to all of them."""
+    predictor = generator.predictor
+    predictor.set_embedding(embedding)
+    grid = generator.point_grids[0] * np.array(embedding.original_size)[None, ::-1]
+    points = torch.as_tensor(predictor.transform.apply_coords(grid, embedding.original_size))
+    labels = torch.ones(sample, 1, dtype=torch.int)
+    work = flops(
+        lambda: [
+            predictor.decode((p[:, None], labels[: len(p)]), None, None, True, min_iou=float("inf"))
+            for p in points[:sample].split(DECODER_BATCH)
+        ]
+    )
+    predictor.reset_image()
+    return work * len(points) / sample
+
+
 def identical(a: dict, b: dict) -> bool:
     return a["bbox"] == b["bbox"] and a["area"] == b["area"] and np.array_equal(a["segmentation"], b["segmentation"])
 
@@ -112,8 +131,12 @@ def main() -> None:
     parser.add_argument("--meta-runs", type=int, default=1, help="runs of segment-anything's generator (median)")
     parser.add_argument("--points-per-side", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--malloc", choices=["tuned", "default"], default="tuned",
-                        help="tuned: sam.allocator.reuse_freed_memory(), for every implementation in the run")
+    parser.add_argument(
+        "--malloc",
+        choices=["tuned", "default"],
+        default="tuned",
+        help="tuned: sam.allocator.reuse_freed_memory(), for every implementation in the run",
+    )
     args = parser.parse_args()
     if args.malloc == "tuned":
         reuse_freed_memory()
@@ -129,6 +152,7 @@ def main() -> None:
         ref_model, our_model = twin_sam2(SAM2_CONFIGS[args.model], seed=args.seed)
     else:
         ref_model, our_model = twin_models(CONFIGS["vit_b"], seed=args.seed)
+    our_model.requires_grad_(False)  # inference only (and FlopCounterMode's module hooks want no autograd)
     image = test_image(768, 1024, seed=args.seed)
     load_before = os.getloadavg()
     if sam2:
@@ -146,6 +170,8 @@ def main() -> None:
     every_mask = SamAutomaticMaskGenerator(our_model, points_per_side=args.points_per_side, pred_iou_thresh=0.0)
     decoder_s = decoder_time(every_mask, embedding)
     print(f"decoder alone: {decoder_s:.1f} s", file=sys.stderr, flush=True)
+    work = 0.0 if sam2 else decoder_flops(every_mask, embedding)
+    rates = floor_rates()
     reference = "sam2" if sam2 else "segment-anything"
     meta_embed_s = 0.0
     rows = []
@@ -158,18 +184,28 @@ def main() -> None:
             meta = MetaGenerator(ref_model, **settings)
             give_meta_the_embedding(meta, features, image)
         ours = SamAutomaticMaskGenerator(our_model, **settings)
-        meta_times, our_times = [], []
+        plain = SamAutomaticMaskGenerator(our_model, **settings, screen=False) if ours.screen else None
+        meta_times, our_times, plain_times = [], [], []
         for _ in range(args.meta_runs):
             t, ref_records = timed(lambda g=meta: g.generate(image))
             meta_times.append(t)
             print(f"[{name}] {reference}: {t:.1f} s, {len(ref_records)} records", file=sys.stderr, flush=True)
-        for _ in range(args.runs):
+        for _ in range(args.runs):  # with and without the bf16 screen, taking turns
             t, our_records = timed(lambda g=ours: g.generate(image, embedding=embedding))
             our_times.append(t)
-            print(f"[{name}] ours: {t:.1f} s, {len(our_records)} records", file=sys.stderr, flush=True)
+            kept = f", screen kept {ours.screen.kept} of {ours.screen.screened} points" if ours.screen else ""
+            print(f"[{name}] ours: {t:.1f} s, {len(our_records)} records{kept}", file=sys.stderr, flush=True)
+            if plain is not None:
+                t, plain_records = timed(lambda g=plain: g.generate(image, embedding=embedding))
+                plain_times.append(t)
+                print(f"[{name}] ours, no screen: {t:.1f} s, {len(plain_records)} records", file=sys.stderr, flush=True)
         same = sum(any(identical(a, b) for b in ref_records) for a in our_records)
         m, o = statistics.median(meta_times), statistics.median(our_times)
-        rows.append((name, m, len(meta_times), o, len(our_times), m / o, len(ref_records), len(our_records), same))
+        p = statistics.median(plain_times) if plain_times else None
+        kept = (ours.screen.kept, ours.screen.screened) if ours.screen else None
+        rows.append(
+            (name, m, len(meta_times), o, len(our_times), m / o, len(ref_records), len(our_records), same, p, kept)
+        )
 
     print(
         f"\nSegment everything, {MODELS[args.model]} (random weights, same in both), 1024x768, {args.points_per_side}x"
@@ -181,11 +217,27 @@ def main() -> None:
         f"malloc {args.malloc}; "
         f"load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after (a shared machine).\n"
     )
-    print(f"| thresholds | {reference} | ours | speed-up | records ({reference} / ours / identical) |")
-    print("| --- | --- | --- | --- | --- |")
-    for name, m, mn, o, on, ratio, nr, no, same in rows:
+    print(
+        f"| thresholds | {reference} | ours | speed-up | records ({reference} / ours / identical) "
+        "| ours, no bf16 screen |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, m, mn, o, on, ratio, nr, no, same, p, kept in rows:
         times = f"{m:.1f} s (median of {mn}) | {o:.2f} s (median of {on})"
-        print(f"| {name} | {times} | {ratio:.1f}x | {nr} / {no} / {same} |")
+        screen = f"{p:.2f} s (screen kept {kept[0]} of {kept[1]} points)" if p is not None else "no screen run"
+        print(f"| {name} | {times} | {ratio:.1f}x | {nr} / {no} / {same} | {screen} |")
+    if work:
+        fp32, bf16 = work / rates["fp32"], work / rates["bf16"]
+        print(
+            f"\nFloor (best matrix product in this run: {rates['fp32'] / 1e9:.0f} GFLOP/s fp32, "
+            f"{rates['bf16'] / 1e9:.0f} bf16): the decoder work every point needs, {work / 1e9:.0f} GFLOP, "
+            f"takes {fp32:.2f} s in fp32 and {bf16:.2f} s in bf16.\n"
+        )
+        print("| thresholds | ours vs fp32 floor | ours vs bf16 floor | no screen vs fp32 floor |")
+        print("| --- | --- | --- | --- |")
+        for name, _, _, o, _, _, _, _, _, p, _ in rows:
+            nos = "" if p is None else f"{p / fp32:.2f}x"
+            print(f"| {name} | {o / fp32:.2f}x | {o / bf16:.2f}x | {nos} |")
 
 
 if __name__ == "__main__":

@@ -28,12 +28,13 @@ from .amg import (
     uncrop_points,
 )
 from .deadline import Deadline
+from .generator_settings import check_settings
 from .logit_store import LogitStore
 from .modeling.sam import Sam
 from .modeling.sam2 import Sam2
 from .predictor import ImageEmbedding, SamPredictor
+from .screen import Screen
 
-OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 DECODER_BATCH = 8  # prompts per decoder call
 MASK_BATCH = 64  # masks upsampled per call at the end (each holds ~0.5 MB of cell levels meanwhile)
 
@@ -75,6 +76,7 @@ class SamAutomaticMaskGenerator:
         use_m2m: bool = False,
         multimask_output: bool = True,
         object_score_thresh: float | None = None,
+        screen: bool | None = None,
     ) -> None:
         """Arguments and defaults are those of segment-anything's generator (its docstring explains each), or
         with a SAM 2 model those of sam2's SAM2AutomaticMaskGenerator: pred_iou_thresh None is 0.88 (SAM) or
@@ -85,9 +87,12 @@ class SamAutomaticMaskGenerator:
         output_mode: "binary_mask" (HxW bool arrays), "uncompressed_rle" or "coco_rle" (compressed counts).
         logits_memory_mb: candidates' low-res logits beyond this many MB wait in a temporary file
         (see LogitStore); the generator's other memory is bounded by the batch sizes.
+        screen: screen the points' IoU with a bf16 copy of the decoder and decode in fp32 only those that
+        may pass pred_iou_thresh (sam/screen.py); None: where it can pay (SAM, pred_iou_thresh > 0, a CPU
+        or GPU with fast bf16).
         """
-        _check_settings(model, points_per_side, point_grids, crop_n_layers, crop_n_points_downscale_factor,
-                        points_per_batch, output_mode, logits_memory_mb)
+        check_settings(model, points_per_side, point_grids, crop_n_layers, crop_n_points_downscale_factor,
+                       points_per_batch, output_mode, logits_memory_mb)
         self.is_sam2 = isinstance(model, Sam2)
         if not self.is_sam2 and (use_m2m or not multimask_output or object_score_thresh is not None):
             raise ValueError("use_m2m, multimask_output and object_score_thresh are settings of SAM 2 models")
@@ -112,6 +117,11 @@ class SamAutomaticMaskGenerator:
         self.mask_threshold = model.mask_threshold if mask_threshold is None else mask_threshold
         self.use_m2m, self.multimask_output, self.object_score_thresh = use_m2m, multimask_output, object_score_thresh
         self._grids: dict[tuple, LowResMasks] = {}
+        if screen is None:
+            screen = Screen.wanted(model, pred_iou_thresh, self.predictor.device)
+        elif screen and (self.is_sam2 or pred_iou_thresh <= 0.0):
+            raise ValueError("screen takes a SAM model and pred_iou_thresh > 0")
+        self.screen = Screen(model) if screen else None
 
     @torch.no_grad()
     def generate(
@@ -156,6 +166,8 @@ class SamAutomaticMaskGenerator:
             if deadline is not None:
                 deadline.check(f"{done} of {total} points done")
 
+        if self.screen is not None:
+            self.screen.start()
         store = LogitStore(self.logits_memory_mb << 20)
         try:
             data, grids = self._candidates(image, embedding, crop_boxes, layer_idxs, advance, store)
@@ -206,9 +218,17 @@ class SamAutomaticMaskGenerator:
         """Bx2 points (model-input pixels of the crop the predictor holds) -> low-res logits BxMxhxw, IoU BxM.
 
         The one place the model is asked for masks; crop_box (x0, y0, x1, y1 in the image) is unused here.
-        Masks that cannot pass pred_iou_thresh are not computed (their logits are -inf).
+        Masks that cannot pass pred_iou_thresh are not computed (their logits are -inf). With a screen
+        (sam/screen.py) only the prompts it keeps are decoded in fp32; the others keep their bf16 IoU, at
+        least `margin` below the threshold.
         """
         min_iou = self.pred_iou_thresh if self.pred_iou_thresh > 0.0 else None
+        if self.screen is not None and self.screen.on:
+            return self.screen.decode(self.predictor.features, points, min_iou, lambda p: self._decode(p, min_iou))
+        return self._decode(points, min_iou)
+
+    def _decode(self, points: torch.Tensor, min_iou: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """predict_low_res in fp32, every prompt."""
         # The decoder holds ~30 MB of activations per prompt: a few prompts at a time bound the memory
         # (a batch of 64 would take 1.6 GB).
         logits, iou = [], []
@@ -346,7 +366,7 @@ class SamAutomaticMaskGenerator:
                 mask, islands = remove_small_regions(mask, self.min_mask_region_area, "islands")
                 changed.append(holes or islands)
                 if changed[-1]:
-                    boxes[i] = _inclusive_box(mask)
+                    boxes[i] = masks.inclusive_box(mask)
             areas.append(masks.area(mask))
             if self.output_mode == "binary_mask":
                 segmentations.append(mask)
@@ -373,38 +393,3 @@ class SamAutomaticMaskGenerator:
             }
             for i in order
         ]
-
-
-def _inclusive_box(mask: np.ndarray) -> list[int]:
-    """HxW bool -> [x0, y0, x1, y1] with x1, y1 the last column and row (Meta's boxes); zeros when empty."""
-    x0, y0, x1, y1 = masks.mask_to_box(mask)
-    return [x0, y0, x1 - 1, y1 - 1] if x1 > x0 else [0, 0, 0, 0]
-
-
-def _check_settings(
-    model: Sam | Sam2,
-    points_per_side: int | None,
-    point_grids: list[np.ndarray] | None,
-    crop_n_layers: int,
-    crop_n_points_downscale_factor: int,
-    points_per_batch: int,
-    output_mode: str,
-    logits_memory_mb: int,
-) -> None:
-    """Raise ValueError naming the first setting the generator cannot use."""
-    if crop_n_layers < 0:
-        raise ValueError(f"crop_n_layers must be >= 0, got {crop_n_layers}")
-    if crop_n_points_downscale_factor < 1:
-        raise ValueError(f"crop_n_points_downscale_factor must be >= 1, got {crop_n_points_downscale_factor}")
-    if (points_per_side is None) == (point_grids is None):
-        raise ValueError("give exactly one of points_per_side and point_grids")
-    if points_per_side is not None and points_per_side < 1:
-        raise ValueError(f"points_per_side must be >= 1, got {points_per_side}")
-    if point_grids is not None and len(point_grids) < crop_n_layers + 1:
-        raise ValueError(f"point_grids has {len(point_grids)} grids, {crop_n_layers + 1} crop layers need one each")
-    if output_mode not in OUTPUT_MODES:
-        raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
-    if points_per_batch < 1:
-        raise ValueError(f"points_per_batch must be >= 1, got {points_per_batch}")
-    if logits_memory_mb < 0:
-        raise ValueError(f"logits_memory_mb must be >= 0, got {logits_memory_mb}")

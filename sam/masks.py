@@ -14,6 +14,7 @@ __all__ = [
     "area",
     "decode_coco_rle",
     "encode_coco_rle",
+    "inclusive_box",
     "mask_to_box",
     "mask_to_polygons",
     "mask_to_rle",
@@ -155,3 +156,9 @@ def polygons_to_mask(polygons: list[np.ndarray], size: tuple[int, int]) -> np.nd
     if polygons:
         cv2.fillPoly(out, [np.round(p).astype(np.int32).reshape(-1, 1, 2) for p in polygons], 1)
     return out.astype(bool)
+
+
+def inclusive_box(mask: np.ndarray) -> list[int]:
+    """HxW bool -> [x0, y0, x1, y1] with x1, y1 the last column and row (Meta's boxes); zeros when empty."""
+    x0, y0, x1, y1 = mask_to_box(mask)
+    return [x0, y0, x1 - 1, y1 - 1] if x1 > x0 else [0, 0, 0, 0]

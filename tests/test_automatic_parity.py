@@ -118,7 +118,7 @@ def test_iou_threshold_skips_masks_and_matches_meta():
     thresh = float(ranked[len(ranked) // 2 - 1] + ranked[len(ranked) // 2]) / 2  # halfway: no score near it
     assert 0 < sum(iou <= thresh for iou in best.values()) < len(best)  # some prompts are skipped, not all
 
-    generator = SamAutomaticMaskGenerator(our_model, pred_iou_thresh=thresh, **kwargs)
+    generator = SamAutomaticMaskGenerator(our_model, pred_iou_thresh=thresh, screen=False, **kwargs)
     generator.predictor.set_image(image)
     grid = generator.point_grids[0] * [128, 96]
     points = torch.as_tensor(generator.predictor.transform.apply_coords(grid, (96, 128)))

