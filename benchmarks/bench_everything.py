@@ -101,9 +101,12 @@ def decoder_time(generator: SamAutomaticMaskGenerator, embedding: ImageEmbedding
     return time.perf_counter() - start
 
 
-def decoder_flops(generator: SamAutomaticMaskGenerator, embedding: ImageEmbedding, sample: int = 64) -> float:
-    """FLOPs of the decoder work every point needs (transformer and IoU head, no mask upscaled), counted on
-    the first `sample` points in the generator's batches and scaled to all of them."""
+def decoder_flops(
+    generator: SamAutomaticMaskGenerator, embedding: ImageEmbedding, every_mask: bool, sample: int = 64
+) -> float:
+    """FLOPs of the decoder's work on the generator's points: the transformer and IoU head every point needs,
+    and with every_mask the upscaling of all three masks, counted on the first `sample` points in the
+    generator's batches and scaled to all of them."""
     predictor = generator.predictor
     predictor.set_embedding(embedding)
     grid = generator.point_grids[0] * np.array(embedding.original_size)[None, ::-1]
@@ -111,7 +114,9 @@ def decoder_flops(generator: SamAutomaticMaskGenerator, embedding: ImageEmbeddin
     labels = torch.ones(sample, 1, dtype=torch.int)
     work = flops(
         lambda: [
-            predictor.decode((p[:, None], labels[: len(p)]), None, None, True, min_iou=float("inf"))
+            predictor.decode(
+                (p[:, None], labels[: len(p)]), None, None, True, min_iou=None if every_mask else float("inf")
+            )
             for p in points[:sample].split(DECODER_BATCH)
         ]
     )
@@ -170,7 +175,7 @@ def main() -> None:
     every_mask = SamAutomaticMaskGenerator(our_model, points_per_side=args.points_per_side, pred_iou_thresh=0.0)
     decoder_s = decoder_time(every_mask, embedding)
     print(f"decoder alone: {decoder_s:.1f} s", file=sys.stderr, flush=True)
-    work = 0.0 if sam2 else decoder_flops(every_mask, embedding)
+    work = {} if sam2 else {masks: decoder_flops(every_mask, embedding, masks) for masks in (False, True)}
     rates = floor_rates()
     reference = "sam2" if sam2 else "segment-anything"
     meta_embed_s = 0.0
@@ -227,17 +232,22 @@ def main() -> None:
         screen = f"{p:.2f} s (screen kept {kept[0]} of {kept[1]} points)" if p is not None else "no screen run"
         print(f"| {name} | {times} | {ratio:.1f}x | {nr} / {no} / {same} | {screen} |")
     if work:
-        fp32, bf16 = work / rates["fp32"], work / rates["bf16"]
         print(
-            f"\nFloor (best matrix product in this run: {rates['fp32'] / 1e9:.0f} GFLOP/s fp32, "
-            f"{rates['bf16'] / 1e9:.0f} bf16): the decoder work every point needs, {work / 1e9:.0f} GFLOP, "
-            f"takes {fp32:.2f} s in fp32 and {bf16:.2f} s in bf16.\n"
+            f"\nFloor: the decoder's FLOPs at the best matrix-product rate of this run ({rates['fp32'] / 1e9:.0f} "
+            f"GFLOP/s fp32, {rates['bf16'] / 1e9:.0f} bf16); with pred_iou_thresh > 0 the work every point needs "
+            "(no mask upscaled), with 0 every mask upscaled.\n"
         )
-        print("| thresholds | ours vs fp32 floor | ours vs bf16 floor | no screen vs fp32 floor |")
-        print("| --- | --- | --- | --- |")
+        print(
+            "| thresholds | decoder work | floor fp32 | floor bf16 | ours / fp32 floor | ours / bf16 floor "
+            "| no screen / fp32 floor |"
+        )
+        print("| --- | --- | --- | --- | --- | --- | --- |")
         for name, _, _, o, _, _, _, _, _, p, _ in rows:
+            flop = work[name == "zero"]
+            fp32, bf16 = flop / rates["fp32"], flop / rates["bf16"]
             nos = "" if p is None else f"{p / fp32:.2f}x"
-            print(f"| {name} | {o / fp32:.2f}x | {o / bf16:.2f}x | {nos} |")
+            floors = f"{flop / 1e9:.0f} GFLOP | {fp32:.2f} s | {bf16:.2f} s"
+            print(f"| {name} | {floors} | {o / fp32:.2f}x | {o / bf16:.2f}x | {nos} |")
 
 
 if __name__ == "__main__":
