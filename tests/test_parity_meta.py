@@ -98,6 +98,17 @@ def test_batched_boxes_predict_torch(tiny_pair):
     assert torch.equal((ours[0] > 0)[ref[0].abs() > MASK_TOL], (ref[0] > 0)[ref[0].abs() > MASK_TOL])
 
 
+def test_decoding_leaves_the_embedding_as_it_was(tiny_pair):
+    """The decoder overwrites its own intermediate tensors in place, never the image embedding it is given."""
+    _, pred = tiny_pair
+    before = pred.features.clone()
+    first = pred.predict(**PROMPTS["one point"], return_logits=True)[0]
+    boxes = torch.tensor([[10.0, 20.0, 120.0, 200.0], [50.0, 60.0, 90.0, 250.0]])
+    pred.predict_torch(None, None, boxes=pred.transform.apply_boxes_torch(boxes, pred.original_size))
+    assert torch.equal(pred.features, before)
+    assert np.array_equal(pred.predict(**PROMPTS["one point"], return_logits=True)[0], first)
+
+
 def test_bgr_input_is_flipped(tiny_pair):
     _, pred = tiny_pair
     image = test_image(300, 200)

@@ -93,7 +93,10 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
-        keys = self.norm4(self.cross_attn_image_to_token.image_to_tokens(k, q, queries, residual=keys))
+        # After the first layer the keys are this decoder's own tensor, not needed past here: the residual
+        # sum may overwrite them instead of writing a copy (not for autograd, nor while tracing for export).
+        own = not (self.skip_first_layer_pe or torch.is_grad_enabled() or torch.jit.is_tracing())
+        keys = self.norm4(self.cross_attn_image_to_token.image_to_tokens(k, q, queries, residual=keys, inplace=own))
         return queries, keys
 
 
@@ -157,11 +160,17 @@ class Attention(nn.Module):
         return self.out_proj(out.flatten(2) + self.v_proj.bias)
 
     def image_to_tokens(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor | None = None
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        residual: torch.Tensor | None = None,
+        inplace: bool = False,
     ) -> torch.Tensor:
         """The image attends to tokens: q BxLxC or 1xLxC (shared by all prompts); k, v BxNxC -> BxLxC.
 
-        With a residual (BxLxC or 1xLxC) returns residual + attention, added in the last product.
+        With a residual (BxLxC or 1xLxC) returns residual + attention, added in the last product; inplace:
+        into the residual itself when it is BxLxC.
         """
         (b, n), h = k.shape[:2], self.num_heads
         if 2 * b * h * n >= (q.shape[0] + b) * self.internal_dim:  # projecting the image side is cheaper
@@ -182,4 +191,6 @@ class Attention(nn.Module):
         vo = (vo + self.out_proj.bias / h).flatten(1, 2)  # B x HN x C
         if residual is None:
             return attn.transpose(1, 2) @ vo
+        if inplace and residual.shape[0] == b:
+            return residual.baddbmm_(attn.transpose(1, 2), vo)
         return torch.baddbmm(residual, attn.transpose(1, 2), vo)
