@@ -107,7 +107,7 @@ class DecoderGraph(nn.Module):
         out = attn.transpose(1, 2).flatten(2) @ vo.flatten(1, 2)  # 1 x hw x C
         keys = first.norm4(keys + out)
 
-        hs, keys = md.transformer.layers_from(1, queries, keys, tokens, key_pe)
+        hs, keys = md.transformer.layers_from(1, queries, keys, tokens, key_pe, 1 + md.num_mask_tokens)
         hyper_in, iou_pred = md.read_tokens(hs)
         h, w = pe.image_embedding_size
         return md.upscale_masks(keys.reshape(1, h, w, -1), hyper_in), iou_pred

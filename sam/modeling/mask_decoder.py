@@ -80,7 +80,7 @@ class MaskDecoder(nn.Module):
         # where Meta repeats the embedding for every prompt up front.
         src = image_embeddings + dense_prompt_embeddings
         _, c, h, w = src.shape
-        hs, src = self.transformer(src, image_pe, tokens)
+        hs, src = self.transformer(src, image_pe, tokens, final_tokens=1 + self.num_mask_tokens)
         hyper_in, iou_pred = self.read_tokens(hs, mask_slice)
         src = src.reshape(-1, h, w, c)
         if min_iou is None:
@@ -103,7 +103,7 @@ class MaskDecoder(nn.Module):
         if dense_prompt_embeddings.stride(0) == 0:
             dense_prompt_embeddings = dense_prompt_embeddings[:1]
         tokens = self.tokens(sparse_prompt_embeddings)
-        hs, _ = self.transformer(image_embeddings + dense_prompt_embeddings, image_pe, tokens)
+        hs, _ = self.transformer(image_embeddings + dense_prompt_embeddings, image_pe, tokens, final_tokens=1)
         return self.iou_prediction_head(hs[:, 0, :])
 
     def tokens(self, sparse_prompt_embeddings: torch.Tensor) -> torch.Tensor:

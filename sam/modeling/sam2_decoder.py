@@ -125,7 +125,7 @@ class Sam2MaskDecoder(MaskDecoder):
             dense = dense[:1]
         src = image_embeddings + dense  # batch 1 until the transformer makes it per prompt
         _, c, h, w = src.shape
-        hs, src = self.transformer(src, image_pe, tokens)
+        hs, src = self.transformer(src, image_pe, tokens, final_tokens=2 + self.num_mask_tokens)
         return hs, src.reshape(-1, h, w, c)
 
     def predict_masks(self, *args: object, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:

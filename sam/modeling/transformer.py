@@ -32,24 +32,36 @@ class TwoWayTransformer(nn.Module):
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
     def forward(
-        self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor
+        self,
+        image_embedding: torch.Tensor,
+        image_pe: torch.Tensor,
+        point_embedding: torch.Tensor,
+        final_tokens: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """image_embedding: BxCxhxw or 1xCxhxw (shared by all prompts); image_pe: 1xCxhxw; point_embedding: BxNxC.
 
-        Returns (BxNxC tokens, Bx(hw)xC image).
+        Returns (BxTxC tokens, Bx(hw)xC image): T = N, or the first final_tokens only, the ones read after
+        the final attention (each token attends to the image on its own there, so the rest can be skipped).
         """
         keys = image_embedding.flatten(2).transpose(1, 2).contiguous()  # every image-side op runs on rows
         key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
-        return self.layers_from(0, point_embedding, keys, point_embedding, key_pe)
+        return self.layers_from(0, point_embedding, keys, point_embedding, key_pe, final_tokens)
 
     def layers_from(
-        self, first: int, queries: torch.Tensor, keys: torch.Tensor, point_embedding: torch.Tensor, key_pe: torch.Tensor
+        self,
+        first: int,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        point_embedding: torch.Tensor,
+        key_pe: torch.Tensor,
+        final_tokens: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The layers from index `first` on, then the final token-to-image attention: queries and point_embedding
-        BxNxC, keys Bx(hw)xC or 1x(hw)xC, key_pe 1x(hw)xC -> (BxNxC tokens, Bx(hw)xC image)."""
+        BxNxC, keys Bx(hw)xC or 1x(hw)xC, key_pe 1x(hw)xC -> (BxTxC tokens, Bx(hw)xC image), T as in forward."""
         for layer in self.layers[first:]:
             queries, keys = layer(queries, keys, point_embedding, key_pe)
-        q = queries + point_embedding
+        queries = queries[:, :final_tokens]
+        q = queries + point_embedding[:, :final_tokens]
         queries = queries + self.final_attn_token_to_image.tokens_to_image(q, keys + key_pe, keys)
         return self.norm_final_attn(queries), keys
 
