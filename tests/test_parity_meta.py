@@ -109,6 +109,23 @@ def test_decoding_leaves_the_embedding_as_it_was(tiny_pair):
     assert np.array_equal(pred.predict(**PROMPTS["one point"], return_logits=True)[0], first)
 
 
+def test_final_attention_for_the_first_tokens_only(tiny_pair):
+    """final_tokens=k gives the first k tokens of the full run (each token attends to the image on its own
+    in the final attention) and the same image side."""
+    _, pred = tiny_pair
+    transformer = pred.model.mask_decoder.transformer
+    c = pred.features.shape[1]
+    tokens = torch.randn(3, 7, c, generator=torch.Generator().manual_seed(0))
+    pe = pred.model.prompt_encoder.get_dense_pe()
+    with torch.no_grad():
+        full, keys = transformer(pred.features, pe, tokens)
+        for k in (1, 5):
+            first, keys_k = transformer(pred.features, pe, tokens, final_tokens=k)
+            assert first.shape == (3, k, c)
+            torch.testing.assert_close(first, full[:, :k], rtol=0, atol=1e-6)
+            assert torch.equal(keys_k, keys)
+
+
 def test_bgr_input_is_flipped(tiny_pair):
     _, pred = tiny_pair
     image = test_image(300, 200)
