@@ -79,15 +79,21 @@ def give_meta_sam2_its_embedding(generator, image: np.ndarray) -> float:
     return t
 
 
+def grid_points(generator: SamAutomaticMaskGenerator, embedding: ImageEmbedding) -> tuple[np.ndarray, torch.Tensor]:
+    """Hands the embedding to the generator's predictor; returns its whole-image grid in image pixels (Px2) and
+    as SAM's model-input points (Px2)."""
+    generator.predictor.set_embedding(embedding)
+    grid = generator.point_grids[0] * np.array(embedding.original_size)[None, ::-1]
+    return grid, torch.as_tensor(generator.predictor.transform.apply_coords(grid, embedding.original_size))
+
+
 def decoder_time(generator: SamAutomaticMaskGenerator, embedding: ImageEmbedding) -> float:
     """Seconds the mask decoder alone takes for the generator's points, in its batches.
 
     With pred_iou_thresh 0 every mask is computed: the floor of ours when no prompt can be skipped.
     """
     predictor = generator.predictor
-    predictor.set_embedding(embedding)
-    grid = generator.point_grids[0] * np.array(embedding.original_size)[None, ::-1]
-    points = torch.as_tensor(predictor.transform.apply_coords(grid, embedding.original_size))
+    grid, points = grid_points(generator, embedding)
     if generator.is_sam2:
         points = automatic_sam2.input_points(grid, embedding.original_size, predictor.model.img_size)[1]
     start = time.perf_counter()
@@ -108,9 +114,7 @@ def decoder_flops(
     and with every_mask the upscaling of all three masks, counted on the first `sample` points in the
     generator's batches and scaled to all of them."""
     predictor = generator.predictor
-    predictor.set_embedding(embedding)
-    grid = generator.point_grids[0] * np.array(embedding.original_size)[None, ::-1]
-    points = torch.as_tensor(predictor.transform.apply_coords(grid, embedding.original_size))
+    _, points = grid_points(generator, embedding)
     labels = torch.ones(sample, 1, dtype=torch.int)
     work = flops(
         lambda: [

@@ -73,16 +73,11 @@ class MaskDecoder(nn.Module):
         Only the K masks are computed: their hypernetwork vectors alone multiply the upscaled features.
         """
         B = sparse_prompt_embeddings.shape[0]
-        tokens = self.tokens(sparse_prompt_embeddings)
-        if dense_prompt_embeddings.stride(0) == 0:  # the same no-mask embedding for every prompt
-            dense_prompt_embeddings = dense_prompt_embeddings[:1]
-        # The image side keeps batch 1 until the first image-to-token attention makes it per prompt,
-        # where Meta repeats the embedding for every prompt up front.
-        src = image_embeddings + dense_prompt_embeddings
-        _, c, h, w = src.shape
-        hs, src = self.transformer(src, image_pe, tokens, final_tokens=1 + self.num_mask_tokens)
+        hs, src = self.run_transformer(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, 1 + self.num_mask_tokens
+        )
         hyper_in, iou_pred = self.read_tokens(hs, mask_slice)
-        src = src.reshape(-1, h, w, c)
+        _, h, w, _ = src.shape
         if min_iou is None:
             return self.upscale_masks(src, hyper_in), iou_pred
         live = (iou_pred[:, mask_slice] > min_iou).any(1)
@@ -100,11 +95,29 @@ class MaskDecoder(nn.Module):
     ) -> torch.Tensor:
         """IoU predictions Bxnum_mask_tokens alone (the transformer and the IoU head, no masks); the shapes
         of predict_masks."""
-        if dense_prompt_embeddings.stride(0) == 0:
-            dense_prompt_embeddings = dense_prompt_embeddings[:1]
-        tokens = self.tokens(sparse_prompt_embeddings)
-        hs, _ = self.transformer(image_embeddings + dense_prompt_embeddings, image_pe, tokens, final_tokens=1)
+        hs, _ = self.run_transformer(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, 1)
         return self.iou_prediction_head(hs[:, 0, :])
+
+    def run_transformer(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse: torch.Tensor,
+        dense: torch.Tensor,
+        final_tokens: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output tokens (`tokens`) then the prompts through the transformer: image_embeddings 1xCxhxw
+        or BxCxhxw, image_pe 1xCxhxw, sparse BxNxC, dense BxCxhxw -> tokens BxTxC (T as in
+        TwoWayTransformer.forward) and the image Bxhxwxc (channels last).
+        """
+        if dense.stride(0) == 0:  # the same no-mask embedding for every prompt
+            dense = dense[:1]
+        # The image side keeps batch 1 until the first image-to-token attention makes it per prompt,
+        # where Meta repeats the embedding for every prompt up front.
+        src = image_embeddings + dense
+        _, c, h, w = src.shape
+        hs, src = self.transformer(src, image_pe, self.tokens(sparse), final_tokens)
+        return hs, src.reshape(-1, h, w, c)
 
     def tokens(self, sparse_prompt_embeddings: torch.Tensor) -> torch.Tensor:
         """The IoU and mask tokens followed by the prompts' BxNxC embeddings: Bx(1+num_mask_tokens+N)xC."""

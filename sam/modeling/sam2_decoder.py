@@ -87,7 +87,9 @@ class Sam2MaskDecoder(MaskDecoder):
         Returns low-res mask logits Bx{1,3}x4hx4w, IoU scores Bx{1,3} and object-score logits Bx1.
         Only the returned masks are computed (two for a dynamic single-mask choice).
         """
-        hs, src = self._run_transformer(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings)
+        hs, src = self.run_transformer(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, 2 + self.num_mask_tokens
+        )
         object_score_logits = self.pred_obj_score_head(hs[:, 0])
         iou_pred = self.iou_prediction_head(hs[:, 1]).sigmoid()
         mask_tokens_out = hs[:, 2 : 2 + self.num_mask_tokens]
@@ -111,22 +113,11 @@ class Sam2MaskDecoder(MaskDecoder):
             iou_pred = torch.where(stable, iou_pred[:, :1], iou_pred[:, 1:])
         return masks, iou_pred, object_score_logits
 
-    def _run_transformer(
-        self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Output tokens (object score, IoU, masks) then prompts through the transformer.
-
-        Returns tokens BxNxC and the image Bxhxwxc (channels last).
-        """
+    def tokens(self, sparse_prompt_embeddings: torch.Tensor) -> torch.Tensor:
+        """The object-score, IoU and mask tokens followed by the prompts' BxNxC embeddings."""
         tokens = torch.cat([self.obj_score_token.weight, self.iou_token.weight, self.mask_tokens.weight])
-        tokens = tokens.unsqueeze(0).expand(sparse.shape[0], -1, -1)
-        tokens = torch.cat((tokens, sparse.to(tokens.dtype)), dim=1)
-        if dense.stride(0) == 0:  # the same no-mask embedding for every prompt
-            dense = dense[:1]
-        src = image_embeddings + dense  # batch 1 until the transformer makes it per prompt
-        _, c, h, w = src.shape
-        hs, src = self.transformer(src, image_pe, tokens, final_tokens=2 + self.num_mask_tokens)
-        return hs, src.reshape(-1, h, w, c)
+        tokens = tokens.unsqueeze(0).expand(sparse_prompt_embeddings.shape[0], -1, -1)
+        return torch.cat((tokens, sparse_prompt_embeddings.to(tokens.dtype)), dim=1)
 
     def predict_masks(self, *args: object, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError("SAM 2's tokens and upscaling differ from SAM's: call the decoder itself")
