@@ -284,7 +284,7 @@ class SamAutomaticMaskGenerator:
             return automatic_sam2.candidates(
                 self.predictor, points, crop_size, multimask_output=self.multimask_output, use_m2m=self.use_m2m,
                 object_score_thresh=self.object_score_thresh, min_region_area=self.min_mask_region_area,
-                batch=DECODER_BATCH,
+                batch=DECODER_BATCH, pred_iou_thresh=self.pred_iou_thresh,
             )  # fmt: skip
         transformed = self.predictor.transform.apply_coords(points, crop_size)
         in_points = torch.as_tensor(transformed, device=self.predictor.device)

@@ -41,9 +41,11 @@ def decode_points(
     mask_input: torch.Tensor | None,
     multimask_output: bool,
     batch: int,
+    min_iou: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One positive point per prompt: Nx2 model-input points (and Nx1xhxw mask prompts) -> low-res logits
-    NxMxhxw, IoU scores NxM and object-score logits N, `batch` prompts per decoder call."""
+    NxMxhxw, IoU scores NxM and object-score logits N, `batch` prompts per decoder call. With min_iou the
+    masks of prompts with no score above it are not computed (-inf logits)."""
     model: Sam2 = predictor.model
     out: list[list[torch.Tensor]] = [[], [], []]
     for start in range(0, len(points), batch):
@@ -55,6 +57,7 @@ def decode_points(
             point_labels=torch.ones(len(chunk), 1, dtype=torch.int, device=chunk.device),
             mask_input=None if mask_input is None else mask_input[start : start + batch].to(predictor.device),
             multimask_output=multimask_output,
+            min_iou=min_iou,
         )
         for acc, t in zip(out, (low, iou, obj[:, 0])):
             acc.append(t.float().cpu())
@@ -71,11 +74,17 @@ def candidates(
     object_score_thresh: float | None,
     min_region_area: int,
     batch: int,
+    pred_iou_thresh: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """A batch of Nx2 grid points (crop pixels) -> candidates before the filters: logits Kxhxw, iou K and
-    points Kx2 (float32, crop pixels), K = N x masks per point, fewer with the object-score gate."""
+    points Kx2 (float32, crop pixels), K = N x masks per point, fewer with the object-score gate.
+
+    The logits of prompts whose scores cannot pass pred_iou_thresh (> 0) are -inf, not computed: the
+    IoU filter drops them first. With use_m2m every candidate's logits prompt its refinement, so all are.
+    """
     pts, in_pts = input_points(points, crop_size, predictor.model.img_size)
-    low, iou, obj = decode_points(predictor, in_pts, None, multimask_output, batch)
+    min_iou = pred_iou_thresh if pred_iou_thresh > 0.0 and not use_m2m else None
+    low, iou, obj = decode_points(predictor, in_pts, None, multimask_output, batch, min_iou)
     if object_score_thresh is not None:
         live = obj > object_score_thresh
         pts, in_pts, low, iou = pts[live], in_pts[live], low[live], iou[live]

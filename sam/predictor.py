@@ -174,8 +174,8 @@ class SamPredictor:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt encoder + mask decoder: low-res logits BxCx256x256 and scores BxC.
 
-        With min_iou, prompts whose scores are all <= min_iou get -inf logits instead of computed masks
-        (SAM 2: computed, then replaced). SAM 2's object scores: `model.decode`.
+        With min_iou, prompts whose scores are all <= min_iou get -inf logits instead of computed masks.
+        SAM 2's object scores: `model.decode`.
         """
         if isinstance(self.model, Sam2):
             coords, labels = points if points is not None else (None, None)
@@ -187,9 +187,8 @@ class SamPredictor:
                 boxes=boxes,
                 mask_input=mask_input,
                 multimask_output=multimask_output,
+                min_iou=min_iou,
             )
-            if min_iou is not None:
-                low_res = low_res.masked_fill(~(scores > min_iou).any(1)[:, None, None, None], float("-inf"))
             return low_res, scores
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
         return self.model.mask_decoder(

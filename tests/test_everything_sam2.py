@@ -113,6 +113,11 @@ def object_score_gate(meta: MetaGenerator, thresh: float) -> MetaGenerator:
 CASES = {
     "defaults": dict(points_per_side=8),
     "thresholds": dict(points_per_side=8, pred_iou_thresh=0.3, stability_score_thresh=0.5),
+    # Half the points (31 of 64) have no score above 0.99: their masks are never computed.
+    "high IoU threshold": dict(points_per_side=8, pred_iou_thresh=0.99, stability_score_thresh=0.5, box_nms_thresh=1.0),
+    "single mask, threshold": dict(
+        points_per_side=8, multimask_output=False, pred_iou_thresh=0.9, stability_score_thresh=0.5, box_nms_thresh=1.0
+    ),
     # Single masks of these random weights span the image: no NMS, or it keeps one.
     "use_m2m": dict(
         points_per_side=6, use_m2m=True, pred_iou_thresh=0.0, stability_score_thresh=0.9, box_nms_thresh=1.0

@@ -5,6 +5,7 @@ reference logit lies within MASK_TOL of 0. Then the input checks both families s
 """
 
 import warnings
+from unittest.mock import patch
 
 import numpy as np
 import pytest
@@ -131,18 +132,32 @@ def test_a_read_only_image_is_copied_not_shared(pair):
     assert torch.equal(other.features, ours.features)
 
 
-def test_decode_min_iou_drops_prompts_below_it(pair):
-    """What segment everything asks of the decoder: prompts with no score above min_iou get -inf logits."""
+@pytest.mark.parametrize("multimask", [True, False])
+def test_decode_min_iou_drops_prompts_below_it(pair, multimask):
+    """What segment everything asks of the decoder: prompts with no score above min_iou get -inf logits,
+    their masks never upscaled; the others' masks and scores are those of the ungated decode (a single-mask
+    request's dynamic choice included)."""
     _, ours = pair
-    points = torch.tensor([[[30.0, 40.0]], [[200.0, 100.0]], [[128.0, 250.0]]])
-    labels = torch.ones(3, 1, dtype=torch.int)
+    points = torch.tensor([[[30.0, 40.0]], [[200.0, 100.0]], [[128.0, 250.0]], [[90.0, 160.0]]])
+    labels = torch.ones(4, 1, dtype=torch.int)
+    upscaled = []
+    decoder = ours.model.sam_mask_decoder
     with torch.no_grad():
-        low, scores = ours.decode((points, labels), None, None, True)
+        low, scores = ours.decode((points, labels), None, None, multimask)
         min_iou = float(scores.max(1).values.median())
-        gated, gated_scores = ours.decode((points, labels), None, None, True, min_iou=min_iou)
-    live = (scores > min_iou).any(1)
-    assert 0 < live.sum() < 3 and torch.equal(gated_scores, scores)
-    assert torch.equal(gated[live], low[live]) and torch.isinf(gated[~live]).all()
+        with patch.object(decoder, "upscale_masks", side_effect=lambda src, *a: upscaled.append(len(src)) or
+                          type(decoder).upscale_masks(decoder, src, *a)):  # fmt: skip
+            gated, gated_scores = ours.decode((points, labels), None, None, multimask, min_iou=min_iou)
+        if multimask:
+            upscale = (scores > min_iou).any(1)
+        else:  # the dynamic choice computes the single mask and the best of three, to judge the first's stability
+            with patch.object(decoder, "dynamic_multimask_via_stability", False):
+                single = ours.decode((points, labels), None, None, False)[1]
+            best = ours.decode((points, labels), None, None, True)[1].max(1, keepdim=True).values
+            upscale = (torch.cat([single, best], 1) > min_iou).any(1)
+    assert 0 < (scores > min_iou).any(1).sum() <= upscale.sum() < 4 and upscaled == [int(upscale.sum())]
+    assert torch.equal(gated[upscale], low[upscale]) and torch.isinf(gated[~upscale]).all()
+    assert torch.equal(gated_scores[upscale], scores[upscale]) and (gated_scores[~upscale] <= min_iou).all()
 
 
 def test_embeddings_of_the_other_family_are_refused(pair):

@@ -101,13 +101,15 @@ class Sam2(EncoderPrecision, nn.Module):
         boxes: torch.Tensor | None = None,
         mask_input: torch.Tensor | None = None,
         multimask_output: bool = True,
+        min_iou: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Masks for B prompts on one image (the embedding and features of `encode`, batch 1).
 
         point_coords: BxNx2 (x, y) in input-image pixels (0..S); point_labels: BxN (1 fg, 0 bg, -1 pad);
         boxes: Bx4 (x0, y0, x1, y1) in the same pixels, passed as two corner points ahead of the points;
         mask_input: Bx1x(S/4)x(S/4) low-res logits. Returns low-res logits Bx{1,3}x(S/4)x(S/4), IoU
-        scores Bx{1,3} and object-score logits Bx1.
+        scores Bx{1,3} and object-score logits Bx1. With min_iou, the masks of prompts with no score above it
+        are not computed: their logits are -inf.
         """
         points = None
         if point_coords is not None:
@@ -121,7 +123,8 @@ class Sam2(EncoderPrecision, nn.Module):
             points = (corners, corner_labels)
         sparse, dense = self.sam_prompt_encoder(points, None, mask_input)
         return self.sam_mask_decoder(
-            image_embedding, self.sam_prompt_encoder.get_dense_pe(), sparse, dense, multimask_output, high_res_features
+            image_embedding, self.sam_prompt_encoder.get_dense_pe(), sparse, dense, multimask_output, high_res_features,
+            min_iou,
         )
 
     def postprocess_masks(

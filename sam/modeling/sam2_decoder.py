@@ -79,13 +79,16 @@ class Sam2MaskDecoder(MaskDecoder):
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
         high_res_features: tuple[torch.Tensor, torch.Tensor],
+        min_iou: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Predict masks for B prompts on one image (or B images, one prompt each).
 
         image_embeddings: 1xCxhxw or BxCxhxw; image_pe: 1xCxhxw; sparse: BxNxC; dense: BxCxhxw;
         high_res_features: conv_s0 and conv_s1 outputs, 1 or B x C/8 x 4h x 4w and x C/4 x 2h x 2w.
         Returns low-res mask logits Bx{1,3}x4hx4w, IoU scores Bx{1,3} and object-score logits Bx1.
-        Only the returned masks are computed (two for a dynamic single-mask choice).
+        Only the returned masks are computed (two for a dynamic single-mask choice). With min_iou, only
+        those of prompts with a candidate scoring above it: the others' logits are -inf (as SAM's decoder),
+        and a dynamic choice among them keeps the single mask's score (both of its scores are <= min_iou).
         """
         hs, src = self.run_transformer(
             image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, 2 + self.num_mask_tokens
@@ -105,8 +108,16 @@ class Sam2MaskDecoder(MaskDecoder):
         else:
             picks = torch.zeros(B, 1, dtype=torch.long, device=device)
         hyper_in = hyper_in.gather(1, picks[..., None].expand(-1, -1, hyper_in.shape[-1]))
-        masks = self.upscale_masks(src, hyper_in, *high_res_features)
         iou_pred = iou_pred.gather(1, picks)
+        if min_iou is None:
+            masks = self.upscale_masks(src, hyper_in, *high_res_features)
+        else:  # a dynamic choice returns one of its two scores: neither above min_iou, nothing to compute
+            live = (iou_pred > min_iou).any(1)
+            _, h, w, _ = src.shape
+            masks = hyper_in.new_full((B, picks.shape[1], 4 * h, 4 * w), -torch.inf)
+            if live.any():
+                features = [f if f.shape[0] == 1 else f[live] for f in high_res_features]  # batch 1: shared
+                masks[live] = self.upscale_masks(src.expand(B, -1, -1, -1)[live], hyper_in[live], *features)
         if picks.shape[1] == 2:  # dynamic: keep the single mask where it is stable
             stable = (self._stability_scores(masks[:, 0]) >= self.dynamic_multimask_stability_thresh)[:, None]
             masks = torch.where(stable[..., None, None], masks[:, :1], masks[:, 1:])
