@@ -88,8 +88,8 @@ class SamAutomaticMaskGenerator:
         logits_memory_mb: candidates' low-res logits beyond this many MB wait in a temporary file
         (see LogitStore); the generator's other memory is bounded by the batch sizes.
         screen: screen the points' IoU with a bf16 copy of the decoder and decode in fp32 only those that
-        may pass pred_iou_thresh (sam/screen.py); None: where it can pay (SAM, pred_iou_thresh > 0, a CPU
-        or GPU with fast bf16).
+        may pass pred_iou_thresh (sam/screen.py); None: where it can pay (pred_iou_thresh > 0, no use_m2m,
+        a CPU or GPU with fast bf16).
         """
         check_settings(model, points_per_side, point_grids, crop_n_layers, crop_n_points_downscale_factor,
                        points_per_batch, output_mode, logits_memory_mb)
@@ -118,9 +118,9 @@ class SamAutomaticMaskGenerator:
         self.use_m2m, self.multimask_output, self.object_score_thresh = use_m2m, multimask_output, object_score_thresh
         self._grids: dict[tuple, LowResMasks] = {}
         if screen is None:
-            screen = Screen.wanted(model, pred_iou_thresh, self.predictor.device)
-        elif screen and (self.is_sam2 or pred_iou_thresh <= 0.0):
-            raise ValueError("screen takes a SAM model and pred_iou_thresh > 0")
+            screen = Screen.wanted(model, pred_iou_thresh, self.predictor.device) and not use_m2m
+        elif screen and (use_m2m or pred_iou_thresh <= 0.0):
+            raise ValueError("screen takes pred_iou_thresh > 0 and no use_m2m (which needs every mask)")
         self.screen = Screen(model) if screen else None
 
     @torch.no_grad()
@@ -284,7 +284,7 @@ class SamAutomaticMaskGenerator:
             return automatic_sam2.candidates(
                 self.predictor, points, crop_size, multimask_output=self.multimask_output, use_m2m=self.use_m2m,
                 object_score_thresh=self.object_score_thresh, min_region_area=self.min_mask_region_area,
-                batch=DECODER_BATCH, pred_iou_thresh=self.pred_iou_thresh,
+                batch=DECODER_BATCH, pred_iou_thresh=self.pred_iou_thresh, screen=self.screen,
             )  # fmt: skip
         transformed = self.predictor.transform.apply_coords(points, crop_size)
         in_points = torch.as_tensor(transformed, device=self.predictor.device)

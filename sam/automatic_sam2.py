@@ -20,6 +20,7 @@ import torch
 
 from .modeling.sam2 import Sam2
 from .predictor import SamPredictor
+from .screen import Screen
 
 PRED_IOU_THRESH = 0.8  # Meta's SAM 2 default (SAM's is 0.88); the other defaults are SAM's
 
@@ -75,16 +76,21 @@ def candidates(
     min_region_area: int,
     batch: int,
     pred_iou_thresh: float = 0.0,
+    screen: Screen | None = None,
 ) -> dict[str, torch.Tensor]:
     """A batch of Nx2 grid points (crop pixels) -> candidates before the filters: logits Kxhxw, iou K and
     points Kx2 (float32, crop pixels), K = N x masks per point, fewer with the object-score gate.
 
     The logits of prompts whose scores cannot pass pred_iou_thresh (> 0) are -inf, not computed: the
     IoU filter drops them first. With use_m2m every candidate's logits prompt its refinement, so all are.
+    With a screen (sam/screen.py) only the prompts it keeps are decoded in fp32.
     """
     pts, in_pts = input_points(points, crop_size, predictor.model.img_size)
     min_iou = pred_iou_thresh if pred_iou_thresh > 0.0 and not use_m2m else None
-    low, iou, obj = decode_points(predictor, in_pts, None, multimask_output, batch, min_iou)
+    if screen is not None and screen.on and min_iou is not None:
+        low, iou, obj = screened(screen, predictor, in_pts, multimask_output, batch, min_iou)
+    else:
+        low, iou, obj = decode_points(predictor, in_pts, None, multimask_output, batch, min_iou)
     if object_score_thresh is not None:
         live = obj > object_score_thresh
         pts, in_pts, low, iou = pts[live], in_pts[live], low[live], iou[live]
@@ -98,6 +104,25 @@ def candidates(
     if min_region_area > 0:
         low = fill_small_regions(low, min_region_area, predictor.model.mask_threshold)
     return {"logits": low, "iou": iou, "points": pts}
+
+
+def screened(
+    screen: Screen, predictor: SamPredictor, points: torch.Tensor, multimask_output: bool, batch: int, thresh: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """decode_points (min_iou = thresh) for the prompts the screen keeps. The others get -inf logits and
+    object scores, and their bf16 scores (at least the screen's margin below thresh): the three multimask
+    ones, or for a single mask the best of all four, since the stability of the single mask picks it or
+    the best of three."""
+    scores = screen.iou(predictor.features, points)
+    scores = scores[:, 1:] if multimask_output else scores
+    live = screen.keep(scores, thresh)
+    h, w = predictor.features.shape[-2:]
+    low = torch.full((len(points), 3 if multimask_output else 1, 4 * h, 4 * w), -torch.inf)
+    iou = scores if multimask_output else scores.max(1, keepdim=True).values
+    obj = torch.full((len(points),), -torch.inf)
+    if live.any():
+        low[live], iou[live], obj[live] = decode_points(predictor, points[live], None, multimask_output, batch, thresh)
+    return low, iou, obj
 
 
 def fill_small_regions(logits: torch.Tensor, max_area: int, threshold: float) -> torch.Tensor:

@@ -11,12 +11,14 @@ and IoU heads scaled up so that masks and scores vary with the point. Two compar
 import inspect
 from dataclasses import replace
 from types import SimpleNamespace
+from unittest.mock import patch
 
 import numpy as np
 import pytest
 import torch
 from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator as MetaGenerator
 
+from sam import automatic_sam2
 from sam.amg import LowResMasks
 from sam.automatic import SamAutomaticMaskGenerator
 from sam.build_sam2 import TINY, drop_video_keys
@@ -159,6 +161,28 @@ def test_records_identical_to_meta(twins, image, name):
         assert [type(v) for v in a["bbox"] + a["crop_box"] + a["point_coords"][0]] == [float] * 10
         for key in ("area", "predicted_iou", "stability_score"):
             assert type(a[key]) is type(b[key])
+
+
+def test_screen_decodes_only_kept_prompts_and_records_stay_metas(twins, image):
+    """With the bf16 screen (sam/screen.py; multimask and single-mask requests) only the prompts it keeps
+    are decoded in fp32, and the records are those of the generator without it and of sam2's."""
+    _, ours = twins
+    decode = automatic_sam2.decode_points
+    for kwargs in (dict(pred_iou_thresh=0.99), dict(pred_iou_thresh=0.9, multimask_output=False)):
+        kwargs.update(points_per_side=8, stability_score_thresh=0.5, box_nms_thresh=1.0)
+        screened = SamAutomaticMaskGenerator(ours, screen=True, **kwargs)
+        calls: list[int] = []
+
+        def counted(predictor, points, *args, calls=calls):
+            calls.append(len(points))
+            return decode(predictor, points, *args)
+
+        with patch.object(automatic_sam2, "decode_points", counted):
+            records = screened.generate(image)
+        assert screened.screen.screened == 64 and 0 < screened.screen.kept < 64 and sum(calls) == screened.screen.kept
+        assert len(records) >= 2
+        assert_identical(records, SamAutomaticMaskGenerator(ours, screen=False, **kwargs).generate(image))
+        assert_identical(records, shared_model(MetaGenerator(twins[0], **kwargs), ours).generate(image))
 
 
 def test_object_score_gate(twins, image):

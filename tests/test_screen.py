@@ -7,9 +7,12 @@ from segment_anything import SamAutomaticMaskGenerator as MetaGenerator
 
 from sam import screen as screen_module
 from sam.automatic import SamAutomaticMaskGenerator
+from sam.automatic_sam2 import decode_points
 from sam.build import CONFIGS
+from sam.build_sam2 import CONFIGS as SAM2_CONFIGS
 from sam.weights import load_model
 from tests.helpers.reference import test_image, twin_models
+from tests.helpers.sam2_reference import twin_sam2
 from tests.test_automatic_parity import assert_records_match, scaled_twins
 
 KWARGS = dict(points_per_side=8, stability_score_thresh=0.0, box_nms_thresh=1.0)
@@ -80,9 +83,30 @@ def test_bf16_iou_moves_less_than_the_margin_on_vit_b():
     generator.predictor.features = features
     with torch.no_grad():  # as the generator runs it
         _, fp32 = generator._decode(points, min_iou=float("inf"))
-    bf16 = screen_module.Screen(model).iou(features, points)
+    bf16 = screen_module.Screen(model).iou(features, points)[:, 1:]
     assert float(fp32.std()) > 0.1  # predictions spread over the range a threshold cuts
     assert float((bf16 - fp32).abs().max()) < screen_module.MARGIN / 2
+
+
+@pytest.mark.parametrize("iou_head_scale", [1.0, 10.0])
+def test_bf16_iou_moves_less_than_the_margin_on_hiera_t(iou_head_scale):
+    """The same for SAM 2.1 Hiera-T's decoder (sigmoid scores): sam2's random initialisation puts the
+    scores near 0.5 (std 0.1); the IoU head scaled tenfold spreads them from about 0.02 to 0.98."""
+
+    _, model = twin_sam2(SAM2_CONFIGS["hiera_tiny"], seed=0)
+    head = model.sam_mask_decoder.iou_prediction_head.layers[-1]
+    with torch.no_grad():
+        head.weight.mul_(iou_head_scale), head.bias.mul_(iou_head_scale)
+    generator = SamAutomaticMaskGenerator(model, screen=False)
+    generator.predictor.set_image(test_image(192, 256, seed=0))
+    points = torch.rand(48, 2, generator=torch.Generator().manual_seed(0)) * 1024
+    with torch.no_grad():
+        _, multi, _ = decode_points(generator.predictor, points, None, True, 8, min_iou=float("inf"))
+        _, single, _ = decode_points(generator.predictor, points, None, False, 8, min_iou=float("inf"))
+    bf16 = screen_module.Screen(model).iou(generator.predictor.features, points)
+    assert float(multi.std()) > 0.09 * iou_head_scale**0.5  # 0.1 and 0.42 here
+    assert float((bf16[:, 1:] - multi).abs().max()) < screen_module.MARGIN / 2
+    assert float((bf16 - single).abs().min(1).values.max()) < screen_module.MARGIN / 2  # one of them is returned
 
 
 def test_screen_settings():
@@ -91,13 +115,17 @@ def test_screen_settings():
     assert SamAutomaticMaskGenerator(model, pred_iou_thresh=0.0).screen is None  # nothing to drop
     with pytest.raises(ValueError, match="pred_iou_thresh > 0"):
         SamAutomaticMaskGenerator(model, pred_iou_thresh=0.0, screen=True)
-    with pytest.raises(ValueError, match="SAM model"):
-        SamAutomaticMaskGenerator(load_model("random:hiera_t"), screen=True)
+    with pytest.raises(ValueError, match="no use_m2m"):
+        SamAutomaticMaskGenerator(load_model("random:hiera_t"), use_m2m=True, screen=True)
+    assert SamAutomaticMaskGenerator(load_model("random:hiera_t"), screen=True).screen is not None
 
 
-def test_screen_is_on_by_default_only_where_bf16_is_fast(monkeypatch):
-    model = load_model("random:vit_b")
+@pytest.mark.parametrize("name", ["vit_b", "hiera_t"])
+def test_screen_is_on_by_default_only_where_bf16_is_fast(monkeypatch, name):
+    model = load_model(f"random:{name}")
     monkeypatch.setattr(screen_module, "bf16_is_fast", lambda device: True)
     assert SamAutomaticMaskGenerator(model).screen is not None
+    if name == "hiera_t":  # use_m2m refines every candidate: nothing to skip
+        assert SamAutomaticMaskGenerator(model, use_m2m=True).screen is None
     monkeypatch.setattr(screen_module, "bf16_is_fast", lambda device: False)
     assert SamAutomaticMaskGenerator(model).screen is None

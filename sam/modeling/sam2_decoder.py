@@ -130,6 +130,14 @@ class Sam2MaskDecoder(MaskDecoder):
         tokens = tokens.unsqueeze(0).expand(sparse_prompt_embeddings.shape[0], -1, -1)
         return torch.cat((tokens, sparse_prompt_embeddings.to(tokens.dtype)), dim=1)
 
+    def predict_iou(
+        self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor
+    ) -> torch.Tensor:
+        """IoU scores Bxnum_mask_tokens alone (sigmoid, as forward's): the transformer, only the object-score
+        and IoU tokens through its final attention, and the IoU head; no masks."""
+        hs, _ = self.run_transformer(image_embeddings, image_pe, sparse, dense, 2)
+        return self.iou_prediction_head(hs[:, 1]).sigmoid()
+
     def predict_masks(self, *args: object, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError("SAM 2's tokens and upscaling differ from SAM's: call the decoder itself")
 
