@@ -70,10 +70,13 @@ def wire_page(demo: gr.Blocks, ui: SimpleNamespace, h: Handlers) -> None:
     ).then(h.picker, None, ui.model, **quick)
     embed = dict(concurrency_id="embed", concurrency_limit=1, show_progress_on=[ui.status], api_visibility="private")
     opened = [ui.canvas, ui.session, ui.status]
-    ui.canvas.image(h.on_image, [ui.session, ui.model], opened, trigger_mode="multiple", **embed).then(
+    # The canvas shows its own progress while a new image is embedded; Gradio's on the status line as well
+    # cost the browser about 1 s of CPU per upload (model switches keep it: it shows the download).
+    upload = {**embed, "show_progress_on": None, "show_progress": "hidden"}
+    ui.canvas.image(h.on_image, [ui.session, ui.model], opened, trigger_mode="multiple", **upload).then(
         h.picker, None, ui.model, **quick
     )
-    ui.gallery.select(h.on_example, [ui.session, ui.model], opened, trigger_mode="multiple", **embed).then(
+    ui.gallery.select(h.on_example, [ui.session, ui.model], opened, trigger_mode="multiple", **upload).then(
         h.picker, None, ui.model, **quick
     )
     # .input, not .change: putting the picker back after a failed switch must not switch again

@@ -57,3 +57,15 @@ def test_a_sessions_state_copies_no_model():
     demo = app.build_demo(Settings(model="random:vit_b"))
     states = [b for b in demo.blocks.values() if isinstance(b, gr.State)]
     assert states and all(copy.deepcopy(s.delete_callback) is s.delete_callback for s in states)
+
+
+def test_only_model_loads_show_gradios_progress_on_the_status_line():
+    """A new image shows its progress on the canvas; Gradio's on the status line as well cost the browser
+    about 1 s of CPU per upload. Loading a model keeps it there: it shows the download."""
+    import app
+    from sam.app.settings import Settings
+
+    config = app.build_demo(Settings(model="random:vit_b")).config
+    shown = {d["api_name"]: d["show_progress"] for d in config["dependencies"]}
+    assert shown["on_image"] == shown["on_example"] == shown["on_everything"] == "hidden"
+    assert shown["on_load"] == shown["on_model"] == "full"
