@@ -113,7 +113,7 @@ def screened(
     object scores, and their bf16 scores (at least the screen's margin below thresh): the three multimask
     ones, or for a single mask the best of all four, since the stability of the single mask picks it or
     the best of three."""
-    scores = screen.iou(predictor.features, points)
+    scores = screen.iou(predictor.features, points).cpu()  # as decode_points' answers
     scores = scores[:, 1:] if multimask_output else scores
     live = screen.keep(scores, thresh)
     h, w = predictor.features.shape[-2:]

@@ -88,10 +88,10 @@ def test_bf16_iou_moves_less_than_the_margin_on_vit_b():
     assert float((bf16 - fp32).abs().max()) < screen_module.MARGIN / 2
 
 
-@pytest.mark.parametrize("iou_head_scale", [1.0, 10.0])
-def test_bf16_iou_moves_less_than_the_margin_on_hiera_t(iou_head_scale):
+@pytest.mark.parametrize(("iou_head_scale", "spread"), [(1.0, 0.05), (10.0, 0.3)])
+def test_bf16_iou_moves_less_than_the_margin_on_hiera_t(iou_head_scale, spread):
     """The same for SAM 2.1 Hiera-T's decoder (sigmoid scores): sam2's random initialisation puts the
-    scores near 0.5 (std 0.1); the IoU head scaled tenfold spreads them from about 0.02 to 0.98."""
+    scores near 0.5; the IoU head scaled tenfold spreads them over nearly all of 0 to 1."""
 
     _, model = twin_sam2(SAM2_CONFIGS["hiera_tiny"], seed=0)
     head = model.sam_mask_decoder.iou_prediction_head.layers[-1]
@@ -104,7 +104,7 @@ def test_bf16_iou_moves_less_than_the_margin_on_hiera_t(iou_head_scale):
         _, multi, _ = decode_points(generator.predictor, points, None, True, 8, min_iou=float("inf"))
         _, single, _ = decode_points(generator.predictor, points, None, False, 8, min_iou=float("inf"))
     bf16 = screen_module.Screen(model).iou(generator.predictor.features, points)
-    assert float(multi.std()) > 0.09 * iou_head_scale**0.5  # 0.1 and 0.42 here
+    assert float(multi.std()) > spread
     assert float((bf16[:, 1:] - multi).abs().max()) < screen_module.MARGIN / 2
     assert float((bf16 - single).abs().min(1).values.max()) < screen_module.MARGIN / 2  # one of them is returned
 
