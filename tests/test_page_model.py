@@ -9,9 +9,11 @@ import re
 import time
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.helpers import hub as hub_module
 from tests.helpers.browser import (
+    DEBUG,
     REPO,
     browser_fixture,  # noqa: F401  (a fixture)
     choose_model,
@@ -113,7 +115,12 @@ def test_the_picker_labels_the_model_in_use_with_its_measured_time_after_an_uplo
     page.keyboard.press("Escape")
     page.wait_for_selector("#sam-model li[role=option]", state="detached")  # the list no longer covers the image
     click(page, 300, 200)  # the picker's value is still the model's name
-    page.wait_for_function("document.querySelector('.sam-mask-note').innerText.includes('from sam-vit-base')",
-                           timeout=10_000, polling=50)  # the note follows the drawing
+    try:
+        page.wait_for_function("document.querySelector('.sam-mask-note').innerText.includes('from sam-vit-base')",
+                               timeout=10_000, polling=50)  # the note follows the drawing
+    except PlaywrightTimeout:  # say what the page showed instead
+        shown = page.evaluate(f"[document.querySelector('.sam-mask-note').innerText, {DEBUG}.state().model, "
+                              f"{DEBUG}.timings().slice(-1), document.querySelector('#sam-status').innerText]")
+        raise AssertionError(f"mask note, model, the click's timing, status: {shown}") from None
     assert page.errors == []
     page.context.close()
