@@ -88,7 +88,10 @@ def candidates(
     pts, in_pts = input_points(points, crop_size, predictor.model.img_size)
     min_iou = pred_iou_thresh if pred_iou_thresh > 0.0 and not use_m2m else None
     if screen is not None and screen.on and min_iou is not None:
-        low, iou, obj = screened(screen, predictor, in_pts, multimask_output, batch, min_iou)
+        def decode(kept: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return decode_points(predictor, kept, None, multimask_output, batch, min_iou)
+
+        low, iou, obj = screen.decode(predictor.features, in_pts, min_iou, decode, multimask_output, extras=1)
     else:
         low, iou, obj = decode_points(predictor, in_pts, None, multimask_output, batch, min_iou)
     if object_score_thresh is not None:
@@ -104,25 +107,6 @@ def candidates(
     if min_region_area > 0:
         low = fill_small_regions(low, min_region_area, predictor.model.mask_threshold)
     return {"logits": low, "iou": iou, "points": pts}
-
-
-def screened(
-    screen: Screen, predictor: SamPredictor, points: torch.Tensor, multimask_output: bool, batch: int, thresh: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """decode_points (min_iou = thresh) for the prompts the screen keeps. The others get -inf logits and
-    object scores, and their bf16 scores (at least the screen's margin below thresh): the three multimask
-    ones, or for a single mask the best of all four, since the stability of the single mask picks it or
-    the best of three."""
-    scores = screen.iou(predictor.features, points).cpu()  # as decode_points' answers
-    scores = scores[:, 1:] if multimask_output else scores
-    live = screen.keep(scores, thresh)
-    h, w = predictor.features.shape[-2:]
-    low = torch.full((len(points), 3 if multimask_output else 1, 4 * h, 4 * w), -torch.inf)
-    iou = scores if multimask_output else scores.max(1, keepdim=True).values
-    obj = torch.full((len(points),), -torch.inf)
-    if live.any():
-        low[live], iou[live], obj[live] = decode_points(predictor, points[live], None, multimask_output, batch, thresh)
-    return low, iou, obj
 
 
 def fill_small_regions(logits: torch.Tensor, max_area: int, threshold: float) -> torch.Tensor:

@@ -14,9 +14,12 @@ of the run: after `probe` points, if more than `max_kept` of them were kept.
 """
 
 import copy
+import itertools
+import weakref
 from collections.abc import Callable
 
 import torch
+from torch import nn
 
 from .modeling.mask_decoder import MaskDecoder
 from .modeling.sam import Sam
@@ -25,12 +28,24 @@ from .precision import bf16_is_fast
 
 MARGIN = 0.1
 
+_copies: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], nn.Module]]" = weakref.WeakKeyDictionary()
+
+
+def bf16_copy(decoder: nn.Module) -> nn.Module:
+    """A bf16 copy of the decoder, made once per decoder (the app builds a generator per request) and made
+    again when its weights have changed in place since (each tensor's version counter says so)."""
+    versions = tuple(t._version for t in itertools.chain(decoder.parameters(), decoder.buffers()))
+    cached = _copies.get(decoder)
+    if cached is None or cached[0] != versions:
+        cached = _copies[decoder] = (versions, copy.deepcopy(decoder).to(torch.bfloat16))
+    return cached[1]
+
 
 class Screen:
     def __init__(self, model: Sam | Sam2, margin: float = MARGIN, probe: int = 64, max_kept: float = 0.4) -> None:
         sam2 = isinstance(model, Sam2)
         self.prompt_encoder = model.sam_prompt_encoder if sam2 else model.prompt_encoder
-        self.decoder = copy.deepcopy(model.sam_mask_decoder if sam2 else model.mask_decoder).to(torch.bfloat16)
+        self.decoder = bf16_copy(model.sam_mask_decoder if sam2 else model.mask_decoder)
         self.margin, self.probe, self.max_kept = margin, probe, max_kept
         self.start()
 
@@ -67,18 +82,28 @@ class Screen:
         features: torch.Tensor,
         points: torch.Tensor,
         thresh: float,
-        decode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The generator's predict_low_res with the screen: features 1xCxhxw, points Bx2 -> low-res logits
-        Bx3x4hx4w and IoU Bx3, where `decode` (fp32) gives them for the kept prompts; the others have -inf
-        logits and their bf16 IoU, at least `margin` below thresh."""
-        iou = self.iou(features, points)[:, 1:]
-        live = self.keep(iou, thresh)
-        h, w = features.shape[-2:]
-        logits = torch.full((len(points), 3, 4 * h, 4 * w), -torch.inf, device=points.device)
+        decode: Callable[[torch.Tensor], tuple[torch.Tensor, ...]],
+        multimask: bool = True,
+        extras: int = 0,
+    ) -> tuple[torch.Tensor, ...]:
+        """A generator's fp32 decode with the screen: features 1xCxhxw, points Bx2 -> what `decode` gives for
+        the kept prompts: low-res logits BxMx4hx4w and IoU BxM (M = 3 with multimask, else 1), then `extras`
+        per-prompt values B (SAM 2's object scores). The other prompts get -inf logits and extras, and
+        their bf16 IoU, at least `margin` below thresh: the three multimask ones, or for a single mask the
+        best of all four, since SAM 2 returns its single mask when it is stable and else the best of three."""
+        scores = self.iou(features, points).to(points.device)
+        scores = scores[:, 1:] if multimask else scores
+        live = self.keep(scores, thresh)
+        n, (h, w) = len(points), features.shape[-2:]
+        out = (
+            torch.full((n, 3 if multimask else 1, 4 * h, 4 * w), -torch.inf, device=points.device),
+            scores if multimask else scores.max(1, keepdim=True).values,
+            *(torch.full((n,), -torch.inf, device=points.device) for _ in range(extras)),
+        )
         if live.any():
-            logits[live], iou[live] = decode(points[live])
-        return logits, iou
+            for whole, kept in zip(out, decode(points[live]), strict=True):
+                whole[live] = kept
+        return out
 
     def keep(self, iou: torch.Tensor, thresh: float) -> torch.Tensor:
         """Screened IoU BxM -> B bools: the prompts whose fp32 IoU may pass thresh (counted for `on`)."""

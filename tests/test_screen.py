@@ -129,3 +129,16 @@ def test_screen_is_on_by_default_only_where_bf16_is_fast(monkeypatch, name):
         assert SamAutomaticMaskGenerator(model, use_m2m=True).screen is None
     monkeypatch.setattr(screen_module, "bf16_is_fast", lambda device: False)
     assert SamAutomaticMaskGenerator(model).screen is None
+
+
+def test_the_bf16_decoder_is_made_once_per_model_and_again_when_its_weights_change():
+    model = load_model("random:vit_b")
+    first = SamAutomaticMaskGenerator(model, screen=True).screen.decoder
+    assert SamAutomaticMaskGenerator(model, screen=True).screen.decoder is first
+    assert first.iou_token.weight.dtype == torch.bfloat16
+    with torch.no_grad():
+        model.mask_decoder.iou_token.weight.add_(1.0)
+    again = SamAutomaticMaskGenerator(model, screen=True).screen.decoder
+    assert again is not first
+    torch.testing.assert_close(again.iou_token.weight, model.mask_decoder.iou_token.weight.bfloat16())
+    assert screen_module.Screen(load_model("random:vit_b")).decoder is not again  # another model, its own copy
