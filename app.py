@@ -27,6 +27,7 @@ from sam.app.browser_decode import BrowserDecode
 from sam.app.canvas import STATIC, sam_canvas
 from sam.app.handlers import Handlers, model_choices
 from sam.app.isolation import CrossOriginIsolation
+from sam.app.progress_timer import ProgressTimerFix
 from sam.app.service import Service
 from sam.app.settings import ENV, PRECISIONS, Settings
 from sam.app.sweep import Sweeper
@@ -172,7 +173,8 @@ def main(argv: list[str] | None = None) -> None:
         max_file_size=f"{limits.MAX_UPLOAD_MB}mb",  # uploads; BodyLimit bounds every other request body
         allowed_paths=[str(p) for p in EXAMPLES],
         css=(STATIC / "page.css").read_text(),  # the page around the canvas (canvas.css is the canvas's own)
-        app_kwargs={"middleware": [Middleware(BodyLimit, **body_limits()),
+        # Gradio's progress trackers ask for frames when nothing shows them (sam/app/progress_timer.py).
+        app_kwargs={"middleware": [Middleware(BodyLimit, **body_limits()), Middleware(ProgressTimerFix),
                                    *([Middleware(CrossOriginIsolation)] if browser else [])],  # wasm threads
                     "routes": browser.routes() if browser else []},  # the decoder, embeddings and ORT Web
     )
