@@ -4,10 +4,10 @@ Starts `python app.py` (sam-vit-base by default, random weights of the real size
 opens it in headless Chromium and uploads JPEG photos the way a visitor does (the canvas's file picker),
 timed by the page itself from choosing the file to the canvas being ready for clicks: reading and sending
 the file, decoding it (EXIF orientation included), the resize to 1024, the embedding and the answer. Each
-upload is a new
-image (no embedding cache hit). The same app process is then asked for nothing while this process times
-the image encoder alone on a 1024x1024 input, `--encoder-runs` times, in the same precision and threads
-as the app; the ratio upload / encoder is the cost of everything around the model.
+upload is a new image (no embedding cache hit). Right after each upload, with the app and the page idle,
+this process times the image encoder alone on a 1024x1024 input, in the same precision and threads as the
+app; the ratio upload / encoder, taken per upload and its neighbouring encoder run so that a shared host's
+changes of speed fall on both, is the cost of everything around the model.
 
 python benchmarks/bench_upload.py [--precision float32] [--rounds 3]
 """
@@ -20,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -56,10 +57,14 @@ def photo(size: tuple[int, int], seed: int, rotated: bool) -> bytes:
     return out.getvalue()
 
 
-def page_uploads(url: str, folder: Path, rounds: int) -> dict[str, list[float]]:
+Pairs = dict[str, list[tuple[float, float]]]
+
+
+def page_uploads(url: str, folder: Path, rounds: int, encoder: Callable[[], float]) -> Pairs:
+    """Each size's (upload -> ready, the encoder alone right after it) in seconds, `rounds` of each."""
     from playwright.sync_api import sync_playwright
 
-    times: dict[str, list[float]] = {name: [] for name in SIZES}
+    times: Pairs = {name: [] for name in SIZES}
     with sync_playwright() as p:
         browser = launch_chromium(p)
         page = open_app(browser, url)
@@ -75,23 +80,28 @@ def page_uploads(url: str, folder: Path, rounds: int) -> dict[str, list[float]]:
                 page.wait_for_function(f"{UPLOADS}.length > {done}", timeout=600_000, polling=250)
                 shown = "document.querySelector(`.sam-canvas img[alt='The image to segment: ${n}']`)"
                 assert page.evaluate(f"(n) => !!{shown} && {DEBUG}.state().ready", path.name)
-                times[name].append(page.evaluate(f"{UPLOADS}.pop().ms") / 1000)
-                print(f"{name}: {times[name][-1]:.2f} s ({path.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
+                ready = page.evaluate(f"{UPLOADS}.pop().ms") / 1000
+                times[name].append((ready, encoder()))
+                mb = path.stat().st_size / 1e6
+                print(f"{name}: {ready:.2f} s ({mb:.1f} MB), encoder alone {times[name][-1][1]:.2f} s", file=sys.stderr)
         assert page.errors == [], page.errors
         browser.close()
     return times
 
 
-def encoder_seconds(checkpoint: Path, precision: str, runs: int) -> list[float]:
+def encoder(checkpoint: Path, precision: str) -> Callable[[], float]:
+    """A function timing one run of the image encoder on a 1024x1024 input (after one warm-up run now)."""
     model = load_model(str(checkpoint), dtype=precision)
     x = torch.randn(1, 3, model.img_size, model.img_size)
-    out = []
-    with torch.inference_mode():
-        for _ in range(runs + 1):  # the first is a warm-up
-            start = time.perf_counter()
-            model.encode(x)
-            out.append(time.perf_counter() - start)
-    return out[1:]
+
+    @torch.inference_mode()
+    def run() -> float:
+        start = time.perf_counter()
+        model.encode(x)
+        return time.perf_counter() - start
+
+    run()
+    return run
 
 
 def main() -> None:
@@ -99,7 +109,6 @@ def main() -> None:
     parser.add_argument("--model", default="sam-vit-base", choices=list(REPOS))
     parser.add_argument("--precision", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--rounds", type=int, default=3, help="uploads per size")
-    parser.add_argument("--encoder-runs", type=int, default=3)
     args = parser.parse_args()
     reuse_freed_memory()
     load = [os.getloadavg()[0]]
@@ -110,20 +119,22 @@ def main() -> None:
         weights = checkpoints.transformers(config, 0)
         url = stack.enter_context(app_on_hub(checkpoints, tmp, ["--model", args.model], overrides={repo: weights},
                                              extra_env={"SAM_PRECISION": args.precision}))
-        uploads = page_uploads(url, tmp, args.rounds)
+        uploads = page_uploads(url, tmp, args.rounds, encoder(weights, args.precision))
         load.append(os.getloadavg()[0])
-        encoder = encoder_seconds(weights, args.precision, args.encoder_runs)
-    load.append(os.getloadavg()[0])
-    enc = statistics.median(encoder)
-    rows = {name: {"upload_to_ready_s": round(statistics.median(t), 2), "ratio": round(statistics.median(t) / enc, 2),
-                   "runs": [round(x, 2) for x in t]} for name, t in uploads.items()}
+    rows = {}
+    for name, pairs in uploads.items():
+        ready, alone = [r for r, _ in pairs], [e for _, e in pairs]
+        rows[name] = {"upload_to_ready_s": round(statistics.median(ready), 2),
+                      "encoder_s": round(statistics.median(alone), 2),
+                      "ratio": round(statistics.median(r / e for r, e in pairs), 2),
+                      "runs": [[round(r, 2), round(e, 2)] for r, e in pairs]}
     machine = (f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.model} {args.precision}, "
                f"load average {' / '.join(f'{x:.1f}' for x in load)}")
-    print(json.dumps({"machine": machine, "encoder_s": round(enc, 2), "uploads": rows}, indent=1))
-    print(f"\n{machine}; image encoder alone (1024x1024): {enc:.2f} s (median of {len(encoder)})\n")
-    print("| photo | upload -> ready (median) | / encoder alone |\n| --- | --- | --- |")
+    print(json.dumps({"machine": machine, "uploads": rows}, indent=1))
+    print(f"\n{machine}; ratio: the median of each upload over the encoder alone (1024x1024) right after it\n")
+    print("| photo | upload -> ready (median) | encoder alone (median) | ratio |\n| --- | --- | --- | --- |")
     for name, row in rows.items():
-        print(f"| {name} | {row['upload_to_ready_s']:.2f} s | {row['ratio']:.2f}x |")
+        print(f"| {name} | {row['upload_to_ready_s']:.2f} s | {row['encoder_s']:.2f} s | {row['ratio']:.2f}x |")
 
 
 if __name__ == "__main__":
