@@ -48,19 +48,15 @@ class ProgressTimerFix:
         async def collect(message) -> None:
             if message["type"] == "http.response.start":
                 start.update(message)
-            elif message["type"] == "http.response.body":
-                body.extend(message.get("body", b""))
-                if not message.get("more_body", False):
-                    await send_fixed()
-            else:
-                await send(message)
-
-        async def send_fixed() -> None:
+                return
+            body.extend(message.get("body", b""))
+            if message.get("more_body", False):
+                return
             headers = list(start.get("headers", []))
-            encoded = any(k.lower() == b"content-encoding" for k, _ in headers)
-            script = None if start.get("status") != 200 or encoded else fixed(bytes(body))
+            plain = start.get("status") == 200 and all(k.lower() != b"content-encoding" for k, _ in headers)
+            script = fixed(bytes(body)) if plain else None
             if script is None:
-                if start.get("status") == 200 and not encoded:
+                if plain:
                     log.warning("%s: not the Gradio 6.31 tracker script; served unchanged", name)
                 script = bytes(body)
             else:
@@ -68,4 +64,6 @@ class ProgressTimerFix:
             await send({**start, "headers": headers})
             await send({"type": "http.response.body", "body": script})
 
-        await self.app(scope, receive, collect)
+        # The body must come as messages to be read: no sending the file by its path (an ASGI extension).
+        extensions = {k: v for k, v in scope.get("extensions", {}).items() if k != "http.response.pathsend"}
+        await self.app({**scope, "extensions": extensions}, receive, collect)
