@@ -260,3 +260,19 @@ def test_linear_matches_torch(dtype):
             linear(x, w, b)
         assert counter.get_total_flops() == 2 * 70 * 64 * 96
     assert not onednn_ok(x, w.requires_grad_())  # autograd: aten (oneDNN's op has no backward)
+
+
+@pytest.mark.parametrize("kind", ["vit", "hiera"])
+def test_encoder_blocks_get_contiguous_channels_last_tensors(kind):
+    """The patch embedding hands the blocks a BxHxWxC tensor laid out that way in memory: a permuted view of the
+    convolution's BxCxHxW output made every residual sum keep that layout, and each norm and product copy it."""
+    if kind == "hiera":
+        encoder = build_sam2("hiera_tiny").image_encoder.trunk
+    else:
+        encoder = build_sam(SamConfig(ViTConfig(64, 2, 4, (1,), window_size=4), img_size=256)).image_encoder
+    seen = []
+    for block in encoder.blocks:
+        block.register_forward_hook(lambda _m, args, _out: seen.append(args[0].is_contiguous()))
+    with torch.no_grad():
+        encoder(torch.randn(1, 3, 256, 256))
+    assert seen == [True] * len(encoder.blocks)

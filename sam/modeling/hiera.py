@@ -85,7 +85,8 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """BxCxHxW -> Bx(H/4)x(W/4)xembed_dim, in the weight's dtype."""
-        return self.proj(x.to(self.proj.weight.dtype)).permute(0, 2, 3, 1)
+        x = x.to(self.proj.weight.dtype).contiguous(memory_format=torch.channels_last)
+        return self.proj(x).permute(0, 2, 3, 1)  # contiguous: the blocks' tensors are channels-last in memory too
 
 
 def pool(x: torch.Tensor, pool: nn.Module) -> torch.Tensor:

@@ -73,6 +73,7 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """BxCxHxW -> Bx(H/p)x(W/p)xembed_dim."""
+        x = x.contiguous(memory_format=torch.channels_last)  # so the output below is BxHxWxC in memory too
         return self.proj(x).permute(0, 2, 3, 1)
 
 
