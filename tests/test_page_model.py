@@ -122,5 +122,10 @@ def test_the_picker_labels_the_model_in_use_with_its_measured_time_after_an_uplo
         shown = page.evaluate(f"[document.querySelector('.sam-mask-note').innerText, {DEBUG}.state().model, "
                               f"{DEBUG}.timings().slice(-1), document.querySelector('#sam-status').innerText]")
         raise AssertionError(f"mask note, model, the click's timing, status: {shown}") from None
+    # the click took the focus from the picker, whose blur Gradio sends as an `input` with the same model: that
+    # must not switch to it again (a switch says "embedding cached" and redraws the page under the click)
+    page.wait_for_timeout(1_500)
+    status = page.inner_text("#sam-status")
+    assert "embedding cached" not in status and re.search(r"embedding [0-9.]+ s", status), status
     assert page.errors == []
     page.context.close()

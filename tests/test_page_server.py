@@ -4,6 +4,7 @@ candidates, a model that cannot be loaded. Tiny random models, no browser."""
 
 import threading
 
+import gradio as gr
 import numpy as np
 import pytest
 import torch
@@ -108,6 +109,21 @@ def test_a_model_that_cannot_be_loaded_is_said_once_and_the_picker_goes_back(ser
     assert h.model_in_use("broken", "m0") == ("m0", "m0") and session.model_name == "m0"
     view, status = h.on_model(session, "m1", progress=lambda *a, **k: None)
     assert view["job"] == "model" and "**m1**" in status and h.model_in_use("m1", "m0") == ("m1", "m1")
+
+
+def test_the_model_in_use_chosen_again_changes_nothing(service):
+    """Gradio's dropdown sends `input` on every blur, the value unchanged when nothing was chosen: no switch."""
+    h = Handlers(service, "m0")
+    h.choices += ["m1"]
+    _, session, _ = h.canvas.open_image(None, "m0", blocks(0), "a.png", None, False)
+    h.canvas.sam_act({"token": session.token, "type": "point", "x": 50, "y": 60})
+    switched = []
+    h.canvas.switch_model = lambda *args: switched.append(args)
+    view, status = h.on_model(session, "m0", progress=lambda *a, **k: None)
+    assert view == status == gr.skip()  # the page and the status line stay as they are
+    assert switched == [] and session.model_name == "m0" and len(session.prompts) == 1
+    h.on_model(session, "m1", progress=lambda *a, **k: None)  # another model does switch
+    assert [args[1] for args in switched] == ["m1"]
 
 
 def test_sizes_in_words():

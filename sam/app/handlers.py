@@ -159,6 +159,10 @@ class Handlers:
         in the status line (the page shows no other) and the session keeps its model."""
         if name not in self.choices:
             return tagged({"error": f"unknown model {name!r}"}, "model"), gr.skip()
+        if isinstance(session, AppSession) and session.image is not None and session.model_name == name:
+            # Gradio's dropdown sends `input` whenever it loses focus, also when nothing was chosen (opened,
+            # then a click on the image): switching to the model in use would redraw the page under that click.
+            return gr.skip(), gr.skip()
         try:
             if name not in self.service.models.loaded():
                 self._load(name, progress)
