@@ -26,6 +26,7 @@ from tests.helpers.hub import LocalHub, hub_env
 
 pytestmark = pytest.mark.browser
 COFFEE = str(REPO / "examples" / "coffee.jpg")
+ASTRONAUT = str(REPO / "examples" / "astronaut.jpg")  # not embedded by an earlier test here
 SLOW = ("facebook/sam-vit-large", "model.safetensors")
 
 
@@ -101,7 +102,7 @@ def test_a_model_switch_shows_the_download_and_a_failure_once(browser, app_url):
 def test_the_picker_labels_the_model_in_use_with_its_measured_time_after_an_upload(browser, app_url):
     page = open_app(browser, app_url, viewport=(1280, 900))
     status_has(page, "sam-vit-base (facebook/sam-vit-base)")
-    upload(page, COFFEE)
+    upload(page, ASTRONAUT)
     page.wait_for_function(
         "/^sam-vit-base · [0-9.]+ s measured here$/.test(document.querySelector('#sam-model input').value)",
         timeout=30_000, polling=50,
@@ -123,7 +124,8 @@ def test_the_picker_labels_the_model_in_use_with_its_measured_time_after_an_uplo
                               f"{DEBUG}.timings().slice(-1), document.querySelector('#sam-status').innerText]")
         raise AssertionError(f"mask note, model, the click's timing, status: {shown}") from None
     # the click took the focus from the picker, whose blur Gradio sends as an `input` with the same model: that
-    # must not switch to it again (a switch says "embedding cached" and redraws the page under the click)
+    # must not switch to it again (a switch says "embedding cached", this image's first embedding having been
+    # measured, and redraws the page under the click)
     page.wait_for_timeout(1_500)
     status = page.inner_text("#sam-status")
     assert "embedding cached" not in status and re.search(r"embedding [0-9.]+ s", status), status
