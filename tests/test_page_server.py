@@ -118,12 +118,12 @@ def test_the_model_in_use_chosen_again_changes_nothing(service):
     _, session, _ = h.canvas.open_image(None, "m0", blocks(0), "a.png", None, False)
     h.canvas.sam_act({"token": session.token, "type": "point", "x": 50, "y": 60})
     switched = []
-    h.canvas.switch_model = lambda *args: switched.append(args)
+    h.canvas.switch_model = lambda *args: switched.append(args) or ({}, "switched")
     view, status = h.on_model(session, "m0", progress=lambda *a, **k: None)
     assert view == status == gr.skip()  # the page and the status line stay as they are
     assert switched == [] and session.model_name == "m0" and len(session.prompts) == 1
-    h.on_model(session, "m1", progress=lambda *a, **k: None)  # another model does switch
-    assert [args[1] for args in switched] == ["m1"]
+    view, status = h.on_model(session, "m1", progress=lambda *a, **k: None)  # another model does switch
+    assert [args[1] for args in switched] == ["m1"] and status == "switched"
 
 
 def test_sizes_in_words():

@@ -137,12 +137,6 @@ class Worker:
         }
 
 
-def pool(ray: Any, actors: int) -> Any:
-    """`actors` actors, each given one block at a time: the blocks queued on a worker that dies fail with it and
-    use up a retry, so an image that kills every worker would also lose the images waiting behind it."""
-    return ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1)
-
-
 def _dataset(ray: Any, job: Job, todo: list[tuple[Path, str]], actors: int, cpus: int) -> Any:
     """The Ray dataset of one row per image of todo: listed, read, then run by a pool of actors."""
     items = [{"path": str(p), "target": t} for p, t in todo]
@@ -150,7 +144,10 @@ def _dataset(ray: Any, job: Job, todo: list[tuple[Path, str]], actors: int, cpus
     with warnings.catch_warnings():  # Ray 2.60 takes max_task_retries only as a "ray_remote_arg", which it deprecates
         warnings.filterwarnings("ignore", message=".*ray_remote_args. is deprecated")
         return ds.map_batches(
-            Worker, fn_constructor_args=(job,), batch_size=1, compute=pool(ray, actors),
+            Worker, fn_constructor_args=(job,), batch_size=1,
+            # one block per actor at a time: blocks queued on a worker that dies fail with it and use up a
+            # retry, so an image that kills every worker would also lose the images waiting behind it
+            compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),
             num_cpus=cpus, num_gpus=1 if job.device.startswith("cuda") else 0, max_restarts=-1,
             max_task_retries=RETRIES,  # Ray Data's default retries forever: an image that kills workers would too
         )  # fmt: skip
