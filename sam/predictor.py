@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .modeling.mask_decoder import ImageRows, MaskDecoder
+from .modeling.prompt_encoder import PromptEncoder
 from .modeling.sam import Sam
 from .modeling.sam2 import Sam2
 from .prompts import as_tensors
@@ -92,6 +94,7 @@ class SamPredictor:
             made, needs = ("SAM 2", "SAM") if embedding.high_res_features else ("SAM", "SAM 2")
             raise ValueError(f"this embedding was made by a {made} model; a {needs} model cannot use it")
         self.embedding = embedding
+        self._rows: tuple[list[tuple[torch.Tensor, int]], ImageRows] | None = None
         self.features = embedding.features
         self.high_res_features = embedding.high_res_features
         self.original_size = embedding.original_size
@@ -190,15 +193,32 @@ class SamPredictor:
                 min_iou=min_iou,
             )
             return low_res, scores
-        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        pe = self.model.prompt_encoder
+        sparse, dense = pe(points=points, boxes=boxes, masks=mask_input)
+        ours = isinstance(self.model.mask_decoder, MaskDecoder) and isinstance(pe, PromptEncoder)
+        rows = self.image_rows() if ours and mask_input is None and not torch.is_grad_enabled() else None
         return self.model.mask_decoder(
             image_embeddings=self.features,
-            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            image_pe=pe.get_dense_pe() if rows is None else None,
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask_output,
             min_iou=min_iou,
+            rows=rows,
         )
+
+    @torch.no_grad()
+    def image_rows(self) -> ImageRows:
+        """The SAM decoder's image side of the current image before any prompt (see `ImageRows`), made at the
+        first decode without a mask input and kept while the image and the weights it comes from stay."""
+        pe = self.model.prompt_encoder
+        weights = (pe.no_mask_embed.weight, pe.pe_layer.positional_encoding_gaussian_matrix)
+        stamp = [(t, t._version) for t in weights]
+        kept = self._rows
+        if kept is None or any(a is not b or va != vb for (a, va), (b, vb) in zip(kept[0], stamp, strict=True)):
+            rows = self.model.mask_decoder.image_rows(self.features, pe.get_dense_pe(), pe.no_mask_embed.weight)
+            kept = self._rows = (stamp, rows)
+        return kept[1]
 
     def get_image_embedding(self) -> torch.Tensor:
         """The 1xCx64x64 embedding of the current image."""
@@ -212,6 +232,7 @@ class SamPredictor:
         self.high_res_features: tuple[torch.Tensor, ...] = ()
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
+        self._rows = None
 
     def _require_image(self) -> None:
         if not self.is_image_set:

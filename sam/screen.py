@@ -69,12 +69,14 @@ class Screen:
         Bxnum_mask_tokens (the single-mask output first, then the three multimask ones), as float32."""
         pe = self.prompt_encoder.get_dense_pe().to(torch.bfloat16)
         features = features.to(torch.bfloat16)
+        no_mask = self.prompt_encoder.no_mask_embed.weight.to(torch.bfloat16)
+        rows = self.decoder.image_rows(features, pe, no_mask)  # the image side, made once for all the batches
         out = []
         for chunk in points.split(batch):
             labels = torch.ones(len(chunk), 1, dtype=torch.int, device=chunk.device)
             sparse, dense = self.prompt_encoder(points=(chunk[:, None, :], labels), boxes=None, masks=None)
             dense = dense[:1].to(torch.bfloat16)  # the same no-mask embedding for every prompt
-            out.append(self.decoder.predict_iou(features, pe, sparse.to(torch.bfloat16), dense).float())
+            out.append(self.decoder.predict_iou(features, pe, sparse.to(torch.bfloat16), dense, rows).float())
         return torch.cat(out)
 
     def decode(

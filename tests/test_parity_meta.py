@@ -126,6 +126,52 @@ def test_final_attention_for_the_first_tokens_only(tiny_pair):
             assert torch.equal(keys_k, keys)
 
 
+def test_image_rows_give_the_decode_without_them(tiny_pair):
+    """The first layer from the per-image rows equals the decoder run on the embedding, for one prompt and a
+    batch, and the predictor uses them (made once per image) for prompts without a mask input."""
+    _, pred = tiny_pair
+    decoder, pe = pred.model.mask_decoder, pred.model.prompt_encoder
+    g = torch.Generator().manual_seed(3)
+    for b in (1, 4):
+        points = (torch.rand(b, 2, 2, generator=g) * 300, torch.randint(0, 2, (b, 2), generator=g))
+        with torch.no_grad():
+            sparse, dense = pe(points=points, boxes=None, masks=None)
+            plain = decoder(pred.features, pe.get_dense_pe(), sparse, dense, True)
+            rows = pred.image_rows()
+            fast = decoder(pred.features, None, sparse, dense, True, rows=rows)
+        for a, f in zip(plain, fast, strict=True):
+            torch.testing.assert_close(f, a, rtol=1e-5, atol=1e-5 * a.abs().max().item())
+        assert pred.image_rows() is rows  # kept for the next prompt
+    seen = []
+    decoder.register_forward_hook(lambda m, args, kwargs, out: seen.append(kwargs["rows"]), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            low, _ = pred.decode(points, None, None, True)
+            pred.decode(points, None, torch.zeros(b, 1, 64, 64), True)  # a mask input changes the image side
+    finally:
+        decoder._forward_hooks.clear()
+    assert seen == [rows, None]
+    torch.testing.assert_close(low, plain[0], rtol=1e-5, atol=1e-5 * plain[0].abs().max().item())
+
+
+def test_image_rows_follow_the_image_and_the_weights():
+    ours = twin_models(TINY, seed=2)[1]
+    pred = SamPredictor(ours)
+    pred.set_image(test_image(300, 200))
+    first = pred.image_rows()
+    assert pred.image_rows() is first
+    with torch.no_grad():
+        ours.prompt_encoder.no_mask_embed.weight.add_(1.0)
+    second = pred.image_rows()
+    assert second is not first and torch.allclose(second.keys, first.keys + 1.0, atol=1e-6)
+    with torch.no_grad():
+        ours.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.mul_(2)
+    third = pred.image_rows()
+    assert third is not second and not torch.allclose(third.key_pe, second.key_pe)
+    pred.set_image(test_image(200, 300))
+    assert pred.image_rows() is not third and not torch.equal(pred.image_rows().keys, third.keys)
+
+
 def test_bgr_input_is_flipped(tiny_pair):
     _, pred = tiny_pair
     image = test_image(300, 200)

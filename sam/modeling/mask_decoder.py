@@ -1,11 +1,26 @@
 """SAM's mask decoder: output tokens through the two-way transformer, hypernetwork mask heads, IoU head."""
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import LayerNorm2d
+from .common import LayerNorm2d, linear
 from .transformer import TwoWayTransformer
+
+
+@dataclass(frozen=True)
+class ImageRows:
+    """The decoder's image side before any prompt changes it (no mask input), the same for every decode on an
+    image, so a predictor makes it once per image (`MaskDecoder.image_rows`): rows of the image grid, and
+    the first layer's projections of them (each attention's image side: H heads of width d)."""
+
+    keys: torch.Tensor  # 1 x hw x C: the image embedding plus the no-mask embedding
+    key_pe: torch.Tensor  # 1 x hw x C: the dense positional encoding
+    k: torch.Tensor  # 1 x H x hw x d: the token-to-image attention's keys (of keys + key_pe)
+    v: torch.Tensor  # 1 x H x hw x d: its values (of keys)
+    qt: torch.Tensor  # 1 x H x d x hw: the image-to-token attention's queries (of keys + key_pe), transposed
 
 
 class MaskDecoder(nn.Module):
@@ -40,11 +55,12 @@ class MaskDecoder(nn.Module):
     def forward(
         self,
         image_embeddings: torch.Tensor,
-        image_pe: torch.Tensor,
+        image_pe: torch.Tensor | None,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
         min_iou: float | None = None,
+        rows: ImageRows | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predict masks for B prompts on one image (or B images, one prompt each).
 
@@ -52,21 +68,24 @@ class MaskDecoder(nn.Module):
         sparse: BxNxC; dense: BxCxhxw. Returns low-res mask logits Bx{1,3}x4hx4w and IoU Bx{1,3}.
         With min_iou, only prompts with a predicted IoU above it get their masks computed; the logits of
         the others are -inf (segment-everything drops such masks anyway, and upscaling is half the work).
+        rows: `image_rows` of this image, when dense is the no-mask embedding (then image_pe and dense are
+        not read, nor image_embeddings beyond its shape).
         """
         mask_slice = slice(1, None) if multimask_output else slice(0, 1)
         masks, iou_pred = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, mask_slice, min_iou
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, mask_slice, min_iou, rows
         )
         return masks, iou_pred[:, mask_slice]
 
     def predict_masks(
         self,
         image_embeddings: torch.Tensor,
-        image_pe: torch.Tensor,
+        image_pe: torch.Tensor | None,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         mask_slice: slice = slice(None),
         min_iou: float | None = None,
+        rows: ImageRows | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Masks BxKx4hx4w of the K mask tokens in mask_slice, and IoU predictions Bxnum_mask_tokens of all.
 
@@ -74,7 +93,12 @@ class MaskDecoder(nn.Module):
         """
         B = sparse_prompt_embeddings.shape[0]
         hs, src = self.run_transformer(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, 1 + self.num_mask_tokens
+            image_embeddings,
+            image_pe,
+            sparse_prompt_embeddings,
+            dense_prompt_embeddings,
+            1 + self.num_mask_tokens,
+            rows,
         )
         hyper_in, iou_pred = self.read_tokens(hs, mask_slice)
         _, h, w, _ = src.shape
@@ -89,35 +113,56 @@ class MaskDecoder(nn.Module):
     def predict_iou(
         self,
         image_embeddings: torch.Tensor,
-        image_pe: torch.Tensor,
+        image_pe: torch.Tensor | None,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
+        rows: ImageRows | None = None,
     ) -> torch.Tensor:
         """IoU predictions Bxnum_mask_tokens alone (the transformer and the IoU head, no masks); the shapes
         of predict_masks."""
-        hs, _ = self.run_transformer(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, 1)
+        sparse, dense = sparse_prompt_embeddings, dense_prompt_embeddings
+        hs, _ = self.run_transformer(image_embeddings, image_pe, sparse, dense, 1, rows)
         return self.iou_prediction_head(hs[:, 0, :])
 
     def run_transformer(
         self,
         image_embeddings: torch.Tensor,
-        image_pe: torch.Tensor,
+        image_pe: torch.Tensor | None,
         sparse: torch.Tensor,
         dense: torch.Tensor,
         final_tokens: int | None = None,
+        rows: ImageRows | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The output tokens (`tokens`) then the prompts through the transformer: image_embeddings 1xCxhxw
         or BxCxhxw, image_pe 1xCxhxw, sparse BxNxC, dense BxCxhxw -> tokens BxTxC (T as in
-        TwoWayTransformer.forward) and the image Bxhxwxc (channels last).
+        TwoWayTransformer.forward) and the image Bxhxwxc (channels last). rows: as in forward.
         """
+        tokens = self.tokens(sparse)
+        if rows is not None:
+            _, c, h, w = image_embeddings.shape
+            queries, keys = self.transformer.layers[0].first_from_rows(tokens, rows)
+            hs, src = self.transformer.layers_from(1, queries, keys, tokens, rows.key_pe, final_tokens)
+            return hs, src.reshape(-1, h, w, c)
         if dense.stride(0) == 0:  # the same no-mask embedding for every prompt
             dense = dense[:1]
         # The image side keeps batch 1 until the first image-to-token attention makes it per prompt,
         # where Meta repeats the embedding for every prompt up front.
         src = image_embeddings + dense
         _, c, h, w = src.shape
-        hs, src = self.transformer(src, image_pe, self.tokens(sparse), final_tokens)
+        hs, src = self.transformer(src, image_pe, tokens, final_tokens)
         return hs, src.reshape(-1, h, w, c)
+
+    def image_rows(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, no_mask: torch.Tensor) -> ImageRows:
+        """The image side of every decode without a mask input: image_embeddings and image_pe 1xCxhxw, no_mask
+        the prompt encoder's 1xC no-mask embedding."""
+        keys = (image_embeddings + no_mask[..., None, None]).flatten(2).transpose(1, 2).contiguous()
+        key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
+        first = self.transformer.layers[0]
+        t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
+        x_pe = keys + key_pe
+        k, v = t2i._separate_heads(t2i.k_proj(x_pe)), t2i._separate_heads(t2i.v_proj(keys))
+        qt = i2t._separate_heads(i2t.q_proj(x_pe)).transpose(2, 3).contiguous()
+        return ImageRows(keys, key_pe, k, v, qt)
 
     def tokens(self, sparse_prompt_embeddings: torch.Tensor) -> torch.Tensor:
         """The IoU and mask tokens followed by the prompts' BxNxC embeddings: Bx(1+num_mask_tokens+N)xC."""
@@ -144,21 +189,28 @@ class MaskDecoder(nn.Module):
         conv1, norm, act1, conv2, act2 = self.output_upscaling
         x = subpixel_conv(src, conv1)  # B x H x W x 4 x C/4
         x = act1(F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps))
-        x = act2(subpixel_conv(x, conv2))  # B x H x W x 4 x 4 x C/8
+        x = subpixel_conv(x, conv2, gelu=exact_gelu(act2))  # B x H x W x 4 x 4 x C/8
+        x = x if exact_gelu(act2) else act2(x)
         masks = x.flatten(1, -2) @ hyper_in.transpose(1, 2)  # B x (H W 4 4) x M
         # output pixel (4h + 2a1 + a2, 4w + 2b1 + b2) of subpixels (a1, b1) then (a2, b2)
         masks = masks.view(B, H, W, 2, 2, 2, 2, -1).permute(0, 7, 1, 3, 5, 2, 4, 6)
         return masks.reshape(B, -1, 4 * H, 4 * W)
 
 
-def subpixel_conv(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
-    """ConvTranspose2d(kernel_size=2, stride=2) on channels-last input: ...xCin -> ...x4xCout.
+def subpixel_conv(x: torch.Tensor, conv: nn.ConvTranspose2d, gelu: bool = False) -> torch.Tensor:
+    """ConvTranspose2d(kernel_size=2, stride=2) on channels-last input, then exact GELU if gelu:
+    ...xCin -> ...x4xCout.
 
     Output subpixel 2a + b of a pixel is output pixel (2i + a, 2j + b) of the convolution.
     """
     cin, cout = conv.weight.shape[:2]  # the weight is cin x cout x 2 x 2
     weight = conv.weight.permute(2, 3, 1, 0).reshape(4 * cout, cin)
-    return F.linear(x, weight, conv.bias.repeat(4)).unflatten(-1, (4, cout))
+    return linear(x, weight, conv.bias.repeat(4), gelu=gelu).unflatten(-1, (4, cout))
+
+
+def exact_gelu(act: nn.Module) -> bool:
+    """Whether act is nn.GELU without approximation (then a product can apply it as it writes its output)."""
+    return type(act) is nn.GELU and act.approximate == "none"
 
 
 class MLP(nn.Module):

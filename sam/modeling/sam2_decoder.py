@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .mask_decoder import MLP, MaskDecoder, subpixel_conv
+from .mask_decoder import MLP, ImageRows, MaskDecoder, subpixel_conv
 from .prompt_encoder import PromptEncoder
 from .transformer import TwoWayTransformer
 
@@ -131,11 +131,16 @@ class Sam2MaskDecoder(MaskDecoder):
         return torch.cat((tokens, sparse_prompt_embeddings.to(tokens.dtype)), dim=1)
 
     def predict_iou(
-        self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor | None,
+        sparse: torch.Tensor,
+        dense: torch.Tensor,
+        rows: ImageRows | None = None,
     ) -> torch.Tensor:
         """IoU scores Bxnum_mask_tokens alone (sigmoid, as forward's): the transformer, only the object-score
-        and IoU tokens through its final attention, and the IoU head; no masks."""
-        hs, _ = self.run_transformer(image_embeddings, image_pe, sparse, dense, 2)
+        and IoU tokens through its final attention, and the IoU head; no masks. rows: as in MaskDecoder."""
+        hs, _ = self.run_transformer(image_embeddings, image_pe, sparse, dense, 2, rows)
         return self.iou_prediction_head(hs[:, 1]).sigmoid()
 
     def predict_masks(self, *args: object, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:

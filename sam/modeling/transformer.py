@@ -1,10 +1,15 @@
 """The two-way transformer of SAM's mask decoder: tokens attend to the image and back."""
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .common import MLPBlock
+
+if TYPE_CHECKING:
+    from .mask_decoder import ImageRows
 
 
 class TwoWayTransformer(nn.Module):
@@ -110,6 +115,31 @@ class TwoWayAttentionBlock(nn.Module):
         own = not (self.skip_first_layer_pe or torch.is_grad_enabled() or torch.jit.is_tracing())
         keys = self.norm4(self.cross_attn_image_to_token.image_to_tokens(k, q, queries, residual=keys, inplace=own))
         return queries, keys
+
+    def first_from_rows(self, tokens: torch.Tensor, rows: "ImageRows") -> tuple[torch.Tensor, torch.Tensor]:
+        """This block as the decoder's first layer (skip_first_layer_pe) with the image side's projections made
+        once per image (`ImageRows`): tokens BxNxC -> (queries BxNxC, keys Bx(hw)xC), as forward gives them
+        for the image rows.keys, key_pe rows.key_pe and query_pe tokens."""
+        t2i, i2t = self.cross_attn_token_to_image, self.cross_attn_image_to_token
+        queries = self.norm1(self.self_attn(tokens, tokens, tokens))
+        q = t2i._separate_heads(t2i.q_proj(queries + tokens))  # B x H x N x d
+        (b, h, n, d), k, v = q.shape, rows.k, rows.v
+        if b > 1:  # the image side is shared: all the queries in one batch
+            out = F.scaled_dot_product_attention(q.transpose(0, 1).reshape(1, h, b * n, d), k, v)
+            out = out.view(h, b, n, d).transpose(0, 1)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
+        queries = self.norm2(queries + t2i.out_proj(out.transpose(1, 2).reshape(b, n, h * d)))
+        queries = self.norm3(queries + self.mlp(queries))
+
+        kh = i2t._separate_heads(i2t.k_proj(queries + tokens)) * (i2t.internal_dim // h) ** -0.5  # B x H x N x d
+        attn = torch.softmax(kh @ rows.qt, dim=2).flatten(1, 2)  # B x HN x hw: each head over its tokens
+        vh = i2t._separate_heads(i2t.v_proj(queries))
+        # as in Attention.image_to_tokens: the output projection folded into each head's values
+        vo = torch.einsum("bhnd,chd->bhnc", vh, i2t.out_proj.weight.view(-1, h, vh.shape[-1]))
+        vo = (vo + i2t.out_proj.bias / h).flatten(1, 2)  # B x HN x C
+        out = torch.baddbmm(rows.keys, attn.transpose(1, 2), vo)  # B x hw x C
+        return queries, self.norm4(out)
 
 
 class Attention(nn.Module):
