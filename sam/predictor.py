@@ -180,6 +180,9 @@ class SamPredictor:
         With min_iou, prompts whose scores are all <= min_iou get -inf logits instead of computed masks.
         SAM 2's object scores: `model.decode`.
         """
+        pe = self.model.prompt_encoder
+        ours = isinstance(self.model.mask_decoder, MaskDecoder) and isinstance(pe, PromptEncoder)
+        rows = self.image_rows() if ours and mask_input is None and not torch.is_grad_enabled() else None
         if isinstance(self.model, Sam2):
             coords, labels = points if points is not None else (None, None)
             low_res, scores, _ = self.model.decode(
@@ -191,12 +194,10 @@ class SamPredictor:
                 mask_input=mask_input,
                 multimask_output=multimask_output,
                 min_iou=min_iou,
+                rows=rows,
             )
             return low_res, scores
-        pe = self.model.prompt_encoder
         sparse, dense = pe(points=points, boxes=boxes, masks=mask_input)
-        ours = isinstance(self.model.mask_decoder, MaskDecoder) and isinstance(pe, PromptEncoder)
-        rows = self.image_rows() if ours and mask_input is None and not torch.is_grad_enabled() else None
         return self.model.mask_decoder(
             image_embeddings=self.features,
             image_pe=pe.get_dense_pe() if rows is None else None,
@@ -209,7 +210,7 @@ class SamPredictor:
 
     @torch.no_grad()
     def image_rows(self) -> ImageRows:
-        """The SAM decoder's image side of the current image before any prompt (see `ImageRows`), made at the
+        """The decoder's image side of the current image before any prompt (see `ImageRows`), made at the
         first decode without a mask input and kept while the image and the weights it comes from stay."""
         pe = self.model.prompt_encoder
         weights = (pe.no_mask_embed.weight, pe.pe_layer.positional_encoding_gaussian_matrix)

@@ -90,6 +90,26 @@ def test_batched_boxes_through_predict_torch(pair, multimask_output):
     assert (masks.numpy() != ref_masks.astype(bool)).mean() < 1e-3
 
 
+def test_decodes_without_a_mask_input_use_the_image_rows(pair):
+    """SAM 2's decoder also runs its first layer from the per-image rows: the same low-res logits and scores as
+    without them, and the predictor passes them for prompts without a mask input only."""
+    _, ours = pair
+    model = ours.model
+    points = torch.tensor([[[120.0, 80.0], [300.0, 700.0]]]), torch.tensor([[1, 0]])
+    prompt = dict(point_coords=points[0], point_labels=points[1])
+    with torch.no_grad():
+        plain = model.decode(ours.features, ours.high_res_features, **prompt)
+        fast = model.decode(ours.features, ours.high_res_features, **prompt, rows=ours.image_rows())
+    for a, f in zip(plain, fast, strict=True):
+        torch.testing.assert_close(f, a, rtol=1e-5, atol=1e-5 * a.abs().max().item())
+    seen = []
+    record = lambda self, *a, **kw: seen.append(kw["rows"]) or plain  # noqa: E731
+    with patch.object(type(model), "decode", record), torch.no_grad():
+        ours.decode(points, None, None, True)
+        ours.decode(points, None, torch.zeros(1, 1, 256, 256), True)
+    assert seen == [ours.image_rows(), None]
+
+
 def test_transform_scales_each_side_to_the_square_input(pair):
     """SAM 2 does not keep the aspect ratio: x scales by S/W, y by S/H; the image goes to the model unchanged."""
     _, ours = pair

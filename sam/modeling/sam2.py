@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from ..precision import resolve_dtype
 from .common import EncoderPrecision
 from .hiera import HieraImageEncoder
+from .mask_decoder import ImageRows
 from .sam2_decoder import Sam2MaskDecoder, Sam2PromptEncoder
 
 if TYPE_CHECKING:  # sam.build_sam2 imports this module
@@ -102,6 +103,7 @@ class Sam2(EncoderPrecision, nn.Module):
         mask_input: torch.Tensor | None = None,
         multimask_output: bool = True,
         min_iou: float | None = None,
+        rows: ImageRows | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Masks for B prompts on one image (the embedding and features of `encode`, batch 1).
 
@@ -109,7 +111,8 @@ class Sam2(EncoderPrecision, nn.Module):
         boxes: Bx4 (x0, y0, x1, y1) in the same pixels, passed as two corner points ahead of the points;
         mask_input: Bx1x(S/4)x(S/4) low-res logits. Returns low-res logits Bx{1,3}x(S/4)x(S/4), IoU
         scores Bx{1,3} and object-score logits Bx1. With min_iou, the masks of prompts with no score above it
-        are not computed: their logits are -inf.
+        are not computed: their logits are -inf. rows: the decoder's `image_rows` of this image, for
+        prompts without a mask input.
         """
         points = None
         if point_coords is not None:
@@ -122,9 +125,9 @@ class Sam2(EncoderPrecision, nn.Module):
                 corner_labels = torch.cat([corner_labels, points[1].to(corner_labels.dtype)], dim=1)
             points = (corners, corner_labels)
         sparse, dense = self.sam_prompt_encoder(points, None, mask_input)
+        pe = self.sam_prompt_encoder.get_dense_pe() if rows is None else None
         return self.sam_mask_decoder(
-            image_embedding, self.sam_prompt_encoder.get_dense_pe(), sparse, dense, multimask_output, high_res_features,
-            min_iou,
+            image_embedding, pe, sparse, dense, multimask_output, high_res_features, min_iou, rows
         )
 
     def postprocess_masks(

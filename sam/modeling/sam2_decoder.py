@@ -74,12 +74,13 @@ class Sam2MaskDecoder(MaskDecoder):
     def forward(
         self,
         image_embeddings: torch.Tensor,
-        image_pe: torch.Tensor,
+        image_pe: torch.Tensor | None,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
         high_res_features: tuple[torch.Tensor, torch.Tensor],
         min_iou: float | None = None,
+        rows: ImageRows | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Predict masks for B prompts on one image (or B images, one prompt each).
 
@@ -89,10 +90,10 @@ class Sam2MaskDecoder(MaskDecoder):
         Only the returned masks are computed (two for a dynamic single-mask choice). With min_iou, only
         those of prompts with a candidate scoring above it: the others' logits are -inf (as SAM's decoder),
         and a dynamic choice among them keeps the single mask's score (both of its scores are <= min_iou).
+        rows: as in MaskDecoder.forward.
         """
-        hs, src = self.run_transformer(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, 2 + self.num_mask_tokens
-        )
+        sparse, dense = sparse_prompt_embeddings, dense_prompt_embeddings
+        hs, src = self.run_transformer(image_embeddings, image_pe, sparse, dense, 2 + self.num_mask_tokens, rows)
         object_score_logits = self.pred_obj_score_head(hs[:, 0])
         iou_pred = self.iou_prediction_head(hs[:, 1]).sigmoid()
         mask_tokens_out = hs[:, 2 : 2 + self.num_mask_tokens]
