@@ -7,6 +7,9 @@ low-res logits it returns are clamped to [-32, 32]. Masks are bool for both fami
 predictor returns them as 0/1 floats).
 """
 
+import threading
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +38,16 @@ class ImageEmbedding:
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.features, *self.high_res_features))
+
+
+RECENT_ROWS = 4  # images whose decoder image side is kept (about 15 MB each for ViT-B)
+_recent_rows: "OrderedDict[int, tuple[weakref.ref, list[tuple[torch.Tensor, int]], ImageRows]]" = OrderedDict()
+_recent_lock = threading.Lock()
+
+
+def _same(a: list[tuple[torch.Tensor, int]], b: list[tuple[torch.Tensor, int]]) -> bool:
+    """Whether two lists of (tensor, version) name the same tensors at the same versions."""
+    return len(a) == len(b) and all(x is y and u == v for (x, u), (y, v) in zip(a, b))
 
 
 class SamPredictor:
@@ -94,7 +107,6 @@ class SamPredictor:
             made, needs = ("SAM 2", "SAM") if embedding.high_res_features else ("SAM", "SAM 2")
             raise ValueError(f"this embedding was made by a {made} model; a {needs} model cannot use it")
         self.embedding = embedding
-        self._rows: tuple[list[tuple[torch.Tensor, int]], ImageRows] | None = None
         self.features = embedding.features
         self.high_res_features = embedding.high_res_features
         self.original_size = embedding.original_size
@@ -211,15 +223,29 @@ class SamPredictor:
     @torch.no_grad()
     def image_rows(self) -> ImageRows:
         """The decoder's image side of the current image before any prompt (see `ImageRows`), made at the
-        first decode without a mask input and kept while the image and the weights it comes from stay."""
-        pe = self.model.prompt_encoder
-        weights = (pe.no_mask_embed.weight, pe.pe_layer.positional_encoding_gaussian_matrix)
+        first decode without a mask input. Kept with the embedding for the RECENT_ROWS embeddings used last,
+        by every predictor of the process (the app makes a predictor per request), while the weights it
+        comes from stay as they were."""
+        decoder, pe = self.model.mask_decoder, self.model.prompt_encoder
+        first = decoder.transformer.layers[0]
+        projections = (first.cross_attn_token_to_image.k_proj, first.cross_attn_token_to_image.v_proj)
+        projections += (first.cross_attn_image_to_token.q_proj,)
+        weights = [pe.no_mask_embed.weight, pe.pe_layer.positional_encoding_gaussian_matrix]
+        weights += [t for p in projections for t in p.parameters()]
         stamp = [(t, t._version) for t in weights]
-        kept = self._rows
-        if kept is None or any(a is not b or va != vb for (a, va), (b, vb) in zip(kept[0], stamp, strict=True)):
-            rows = self.model.mask_decoder.image_rows(self.features, pe.get_dense_pe(), pe.no_mask_embed.weight)
-            kept = self._rows = (stamp, rows)
-        return kept[1]
+        features = self.features
+        with _recent_lock:
+            kept = _recent_rows.get(id(features))
+            if kept is not None and kept[0]() is features and _same(kept[1], stamp):
+                _recent_rows.move_to_end(id(features))
+                return kept[2]
+        rows = decoder.image_rows(features, pe.get_dense_pe(), pe.no_mask_embed.weight)
+        with _recent_lock:
+            _recent_rows[id(features)] = (weakref.ref(features), stamp, rows)
+            _recent_rows.move_to_end(id(features))
+            while len(_recent_rows) > RECENT_ROWS:
+                _recent_rows.popitem(last=False)
+        return rows
 
     def get_image_embedding(self) -> torch.Tensor:
         """The 1xCx64x64 embedding of the current image."""
@@ -233,7 +259,6 @@ class SamPredictor:
         self.high_res_features: tuple[torch.Tensor, ...] = ()
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
-        self._rows = None
 
     def _require_image(self) -> None:
         if not self.is_image_set:

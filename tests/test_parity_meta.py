@@ -11,6 +11,7 @@ import torch
 from segment_anything import SamPredictor as MetaPredictor
 
 from sam import CONFIGS, SamPredictor, build_sam
+from sam import predictor as predictor_module
 from sam.build import SamConfig, TinyViTConfig
 from tests.helpers.reference import (
     MASK_TOL,
@@ -168,8 +169,26 @@ def test_image_rows_follow_the_image_and_the_weights():
         ours.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.mul_(2)
     third = pred.image_rows()
     assert third is not second and not torch.allclose(third.key_pe, second.key_pe)
+    with torch.no_grad():
+        ours.mask_decoder.transformer.layers[0].cross_attn_image_to_token.q_proj.weight.mul_(2)
+    fourth = pred.image_rows()
+    assert fourth is not third and torch.equal(fourth.keys, third.keys) and not torch.equal(fourth.qt, third.qt)
+    other = SamPredictor(ours)  # the app makes a predictor per request: the rows go with the embedding
+    other.set_embedding(pred.embedding)
+    assert other.image_rows() is fourth
     pred.set_image(test_image(200, 300))
-    assert pred.image_rows() is not third and not torch.equal(pred.image_rows().keys, third.keys)
+    assert pred.image_rows() is not fourth and not torch.equal(pred.image_rows().keys, fourth.keys)
+
+
+def test_image_rows_are_kept_for_the_recent_embeddings(monkeypatch):
+    monkeypatch.setattr(predictor_module, "RECENT_ROWS", 2)
+    ours = twin_models(TINY, seed=2)[1]
+    preds = [SamPredictor(ours) for _ in range(3)]
+    for i, p in enumerate(preds):
+        p.set_image(test_image(300, 200 + 10 * i))
+    rows = [p.image_rows() for p in preds]
+    assert preds[2].image_rows() is rows[2] and preds[1].image_rows() is rows[1]
+    assert preds[0].image_rows() is not rows[0]  # the least recent one was let go
 
 
 def test_bgr_input_is_flipped(tiny_pair):
