@@ -129,30 +129,36 @@ def test_final_attention_for_the_first_tokens_only(tiny_pair):
 
 def test_image_rows_give_the_decode_without_them(tiny_pair):
     """The first layer from the per-image rows equals the decoder run on the embedding, for one prompt and a
-    batch, and the predictor uses them (made once per image) for prompts without a mask input."""
+    batch, with and without a mask input, and the predictor uses them (made once per image)."""
     _, pred = tiny_pair
     decoder, pe = pred.model.mask_decoder, pred.model.prompt_encoder
     g = torch.Generator().manual_seed(3)
+    close = lambda got, want: torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())  # noqa: E731
     for b in (1, 4):
         points = (torch.rand(b, 2, 2, generator=g) * 300, torch.randint(0, 2, (b, 2), generator=g))
+        mask = torch.randn(b, 1, 64, 64, generator=g) * 4
         with torch.no_grad():
             sparse, dense = pe(points=points, boxes=None, masks=None)
             plain = decoder(pred.features, pe.get_dense_pe(), sparse, dense, True)
             rows = pred.image_rows()
             fast = decoder(pred.features, None, sparse, dense, True, rows=rows)
-        for a, f in zip(plain, fast, strict=True):
-            torch.testing.assert_close(f, a, rtol=1e-5, atol=1e-5 * a.abs().max().item())
+            _, masked = pe(points=points, boxes=None, masks=mask)
+            plain_masked = decoder(pred.features, pe.get_dense_pe(), sparse, masked, True)
+        for got, want in zip(fast, plain, strict=True):
+            close(got, want)
         assert pred.image_rows() is rows  # kept for the next prompt
-    seen = []
-    decoder.register_forward_hook(lambda m, args, kwargs, out: seen.append(kwargs["rows"]), with_kwargs=True)
-    try:
-        with torch.no_grad():
-            low, _ = pred.decode(points, None, None, True)
-            pred.decode(points, None, torch.zeros(b, 1, 64, 64), True)  # a mask input changes the image side
-    finally:
-        decoder._forward_hooks.clear()
-    assert seen == [rows, None]
-    torch.testing.assert_close(low, plain[0], rtol=1e-5, atol=1e-5 * plain[0].abs().max().item())
+        seen: list = []
+        hook = decoder.register_forward_hook(lambda m, a, kw, out, seen=seen: seen.append(kw["rows"]), with_kwargs=True)
+        try:
+            with torch.no_grad():
+                low, _ = pred.decode(points, None, None, True)
+                low_masked, _ = pred.decode(points, None, mask, True)
+        finally:
+            hook.remove()
+        assert seen[0] is rows and seen[1].k.shape[0] == b  # the mask inputs folded into rows of the batch
+        close(low, plain[0])
+        close(low_masked, plain_masked[0])
+        assert rel_err(low_masked, low) > 1e-3  # the mask input really changed the answer
 
 
 def test_image_rows_follow_the_image_and_the_weights():

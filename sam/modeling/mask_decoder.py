@@ -164,6 +164,29 @@ class MaskDecoder(nn.Module):
         qt = i2t._separate_heads(i2t.q_proj(x_pe)).transpose(2, 3).contiguous()
         return ImageRows(keys, key_pe, k, v, qt)
 
+    def rows_with_mask(
+        self, rows: ImageRows, mask16: torch.Tensor, conv: nn.Conv2d, no_mask: torch.Tensor
+    ) -> ImageRows:
+        """The image rows of B prompts with mask inputs, from the no-mask ones: mask16 Bx16xhxw, the mask
+        downscaling's output before its last 1x1 convolution `conv`; no_mask 1xC -> rows of batch B.
+
+        Each projection of the dense embedding is that convolution folded into the projection and applied
+        to the 16 channels (16 instead of C multiply-adds per image vector and output channel)."""
+        first = self.transformer.layers[0]
+        t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
+        x16 = mask16.flatten(2).transpose(1, 2)  # B x hw x 16
+        weight, shift = conv.weight.flatten(1), conv.bias - no_mask[0]  # C x 16; the dense embedding's change
+
+        def change(proj: nn.Linear | None) -> torch.Tensor:
+            if proj is None:
+                return F.linear(x16, weight, shift)
+            return F.linear(x16, proj.weight @ weight, proj.weight @ shift)
+
+        k = rows.k + t2i._separate_heads(change(t2i.k_proj))
+        v = rows.v + t2i._separate_heads(change(t2i.v_proj))
+        qt = rows.qt + i2t._separate_heads(change(i2t.q_proj)).transpose(2, 3)
+        return ImageRows(rows.keys + change(None), rows.key_pe, k, v, qt)
+
     def tokens(self, sparse_prompt_embeddings: torch.Tensor) -> torch.Tensor:
         """The IoU and mask tokens followed by the prompts' BxNxC embeddings: Bx(1+num_mask_tokens+N)xC."""
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)

@@ -118,13 +118,13 @@ class TwoWayAttentionBlock(nn.Module):
 
     def first_from_rows(self, tokens: torch.Tensor, rows: "ImageRows") -> tuple[torch.Tensor, torch.Tensor]:
         """This block as the decoder's first layer (skip_first_layer_pe) with the image side's projections made
-        once per image (`ImageRows`): tokens BxNxC -> (queries BxNxC, keys Bx(hw)xC), as forward gives them
-        for the image rows.keys, key_pe rows.key_pe and query_pe tokens."""
+        once per image (`ImageRows`, batch 1 or B): tokens BxNxC -> (queries BxNxC, keys Bx(hw)xC), as forward
+        gives them for the image rows.keys, key_pe rows.key_pe and query_pe tokens."""
         t2i, i2t = self.cross_attn_token_to_image, self.cross_attn_image_to_token
         queries = self.norm1(self.self_attn(tokens, tokens, tokens))
         q = t2i._separate_heads(t2i.q_proj(queries + tokens))  # B x H x N x d
         (b, h, n, d), k, v = q.shape, rows.k, rows.v
-        if b > 1:  # the image side is shared: all the queries in one batch
+        if b > 1 and k.shape[0] == 1:  # the image side is shared: all the queries in one batch
             out = F.scaled_dot_product_attention(q.transpose(0, 1).reshape(1, h, b * n, d), k, v)
             out = out.view(h, b, n, d).transpose(0, 1)
         else:
