@@ -196,6 +196,12 @@ class SamPredictor:
         ours = isinstance(self.model.mask_decoder, MaskDecoder) and isinstance(pe, PromptEncoder)
         fast = ours and not torch.is_grad_enabled()  # the image side kept from earlier decodes (image_rows)
         rows = self.image_rows() if fast and mask_input is None else None
+        if fast and mask_input is not None and (points is not None or boxes is not None):
+            mask16 = pe.mask_downscaling[:-1](mask_input)
+            rows = self.model.mask_decoder.rows_with_mask(
+                self.image_rows(), mask16, pe.mask_downscaling[-1], pe.no_mask_embed.weight
+            )
+            mask_input = None  # folded into the rows: no dense embedding to make
         if isinstance(self.model, Sam2):
             coords, labels = points if points is not None else (None, None)
             low_res, scores, _ = self.model.decode(
@@ -210,12 +216,6 @@ class SamPredictor:
                 rows=rows,
             )
             return low_res, scores
-        if fast and mask_input is not None and (points is not None or boxes is not None):
-            mask16 = pe.mask_downscaling[:-1](mask_input)
-            rows = self.model.mask_decoder.rows_with_mask(
-                self.image_rows(), mask16, pe.mask_downscaling[-1], pe.no_mask_embed.weight
-            )
-            mask_input = None  # folded into the rows: no dense embedding to make
         sparse, dense = pe(points=points, boxes=boxes, masks=mask_input)
         return self.model.mask_decoder(
             image_embeddings=self.features,

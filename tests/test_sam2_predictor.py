@@ -102,12 +102,18 @@ def test_decodes_without_a_mask_input_use_the_image_rows(pair):
         fast = model.decode(ours.features, ours.high_res_features, **prompt, rows=ours.image_rows())
     for a, f in zip(plain, fast, strict=True):
         torch.testing.assert_close(f, a, rtol=1e-5, atol=1e-5 * a.abs().max().item())
+    mask = torch.randn(1, 1, *plain[0].shape[-2:], generator=torch.Generator().manual_seed(0)) * 4
+    with torch.no_grad():
+        plain_masked = model.decode(ours.features, ours.high_res_features, **prompt, mask_input=mask)
+        low_masked, scores_masked = ours.decode(points, None, mask, True)  # the mask input folded into rows
+    torch.testing.assert_close(low_masked, plain_masked[0], rtol=1e-5, atol=1e-5 * plain_masked[0].abs().max().item())
+    torch.testing.assert_close(scores_masked, plain_masked[1], rtol=1e-5, atol=1e-6)
     seen = []
-    record = lambda self, *a, **kw: seen.append(kw["rows"]) or plain  # noqa: E731
+    record = lambda self, *a, **kw: seen.append((kw["rows"], kw["mask_input"])) or plain  # noqa: E731
     with patch.object(type(model), "decode", record), torch.no_grad():
         ours.decode(points, None, None, True)
-        ours.decode(points, None, torch.zeros(1, 1, 256, 256), True)
-    assert seen == [ours.image_rows(), None]
+        ours.decode(points, None, mask, True)
+    assert seen[0] == (ours.image_rows(), None) and seen[1][0].k.shape[0] == 1 and seen[1][1] is None
 
 
 def test_transform_scales_each_side_to_the_square_input(pair):
