@@ -114,6 +114,8 @@ def test_decodes_without_a_mask_input_use_the_image_rows(pair):
         ours.decode(points, None, None, True)
         ours.decode(points, None, mask, True)
     assert seen[0] == (ours.image_rows(), None) and seen[1][0].k.shape[0] == 1 and seen[1][1] is None
+    with pytest.raises(ValueError, match="mask_input=None"):  # rows carry the dense embedding: not both
+        model.decode(ours.features, ours.high_res_features, **prompt, mask_input=mask, rows=ours.image_rows())
 
 
 def test_transform_scales_each_side_to_the_square_input(pair):

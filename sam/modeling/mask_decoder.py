@@ -12,11 +12,12 @@ from .transformer import TwoWayTransformer
 
 @dataclass(frozen=True)
 class ImageRows:
-    """The decoder's image side before any prompt changes it (no mask input), the same for every decode on an
-    image, so a predictor makes it once per image (`MaskDecoder.image_rows`): rows of the image grid, and
-    the first layer's projections of them (each attention's image side: H heads of width d)."""
+    """The decoder's image side before any prompt changes it, the same for every decode on an image, so a
+    predictor makes it once per image (`MaskDecoder.image_rows`): rows of the image grid plus the dense
+    embedding, and the first layer's projections of them (each attention's image side: H heads of width
+    d). Batch 1 with the no-mask embedding, or B with B mask inputs (`MaskDecoder.rows_with_mask`)."""
 
-    keys: torch.Tensor  # 1 x hw x C: the image embedding plus the no-mask embedding
+    keys: torch.Tensor  # 1 x hw x C: the image embedding plus the dense (no-mask) embedding
     key_pe: torch.Tensor  # 1 x hw x C: the dense positional encoding
     k: torch.Tensor  # 1 x H x hw x d: the token-to-image attention's keys (of keys + key_pe)
     v: torch.Tensor  # 1 x H x hw x d: its values (of keys)
@@ -68,8 +69,9 @@ class MaskDecoder(nn.Module):
         sparse: BxNxC; dense: BxCxhxw. Returns low-res mask logits Bx{1,3}x4hx4w and IoU Bx{1,3}.
         With min_iou, only prompts with a predicted IoU above it get their masks computed; the logits of
         the others are -inf (segment-everything drops such masks anyway, and upscaling is half the work).
-        rows: `image_rows` of this image, when dense is the no-mask embedding (then image_pe and dense are
-        not read, nor image_embeddings beyond its shape).
+        rows: the image side of this image with the prompts' dense embedding (`image_rows` for the no-mask
+        one, `rows_with_mask` for mask inputs); then image_pe and dense are not read, nor image_embeddings
+        beyond its shape.
         """
         mask_slice = slice(1, None) if multimask_output else slice(0, 1)
         masks, iou_pred = self.predict_masks(

@@ -111,9 +111,12 @@ class Sam2(EncoderPrecision, nn.Module):
         boxes: Bx4 (x0, y0, x1, y1) in the same pixels, passed as two corner points ahead of the points;
         mask_input: Bx1x(S/4)x(S/4) low-res logits. Returns low-res logits Bx{1,3}x(S/4)x(S/4), IoU
         scores Bx{1,3} and object-score logits Bx1. With min_iou, the masks of prompts with no score above it
-        are not computed: their logits are -inf. rows: the decoder's `image_rows` of this image, for
-        prompts without a mask input.
+        are not computed: their logits are -inf. rows: the decoder's image side of this image, with the
+        mask inputs folded in (`SamPredictor.image_rows`, `MaskDecoder.rows_with_mask`); mask_input is then
+        None.
         """
+        if rows is not None and mask_input is not None:
+            raise ValueError("rows carry the mask input already: pass mask_input=None with them")
         points = None
         if point_coords is not None:
             points = (point_coords, point_labels)
