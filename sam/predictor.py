@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .modeling.common import version
 from .modeling.mask_decoder import ImageRows, MaskDecoder
 from .modeling.prompt_encoder import PromptEncoder
 from .modeling.sam import Sam
@@ -239,7 +240,7 @@ class SamPredictor:
         projections += (first.cross_attn_image_to_token.q_proj,)
         weights = [pe.no_mask_embed.weight, pe.pe_layer.positional_encoding_gaussian_matrix]
         weights += [t for p in projections for t in p.parameters()]
-        stamp = [(t, t._version) for t in weights]
+        stamp = [(t, version(t)) for t in weights]
         features = self.features
         with _recent_lock:
             kept = _recent_rows.get(id(features))

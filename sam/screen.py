@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .modeling.common import version
 from .modeling.mask_decoder import MaskDecoder
 from .modeling.sam import Sam
 from .modeling.sam2 import Sam2
@@ -34,7 +35,7 @@ _copies: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], nn.Module]
 def bf16_copy(decoder: nn.Module) -> nn.Module:
     """A bf16 copy of the decoder, made once per decoder (the app builds a generator per request) and made
     again when its weights have changed in place since (each tensor's version counter says so)."""
-    versions = tuple(t._version for t in itertools.chain(decoder.parameters(), decoder.buffers()))
+    versions = tuple(version(t) for t in itertools.chain(decoder.parameters(), decoder.buffers()))
     cached = _copies.get(decoder)
     if cached is None or cached[0] != versions:
         cached = _copies[decoder] = (versions, copy.deepcopy(decoder).to(torch.bfloat16))

@@ -142,3 +142,15 @@ def test_the_bf16_decoder_is_made_once_per_model_and_again_when_its_weights_chan
     assert again is not first
     torch.testing.assert_close(again.iou_token.weight, model.mask_decoder.iou_token.weight.bfloat16())
     assert screen_module.Screen(load_model("random:vit_b")).decoder is not again  # another model, its own copy
+
+
+def test_a_model_made_under_inference_mode_is_screened_and_keeps_its_image_rows():
+    """Inference tensors have no version counter: the bf16 copy and the predictor's image rows are still kept."""
+    with torch.inference_mode():
+        model = load_model("random:vit_b")
+        generator = SamAutomaticMaskGenerator(model, screen=True, points_per_side=4)
+        assert SamAutomaticMaskGenerator(model, screen=True).screen.decoder is generator.screen.decoder
+        generator.generate(test_image(64, 96))
+        predictor = generator.predictor
+        predictor.set_image(test_image(64, 96))
+        assert predictor.image_rows() is predictor.image_rows()

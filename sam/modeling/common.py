@@ -34,6 +34,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return F.gelu(x) if gelu else x
 
 
+def version(t: torch.Tensor) -> int:
+    """t's in-place version counter, which caches of values made from weights compare; -1 for an inference
+    tensor (made under torch.inference_mode), which has none and is taken as unchanging."""
+    return -1 if t.is_inference() else t._version
+
+
 class MLPBlock(nn.Module):
     def __init__(self, embedding_dim: int, mlp_dim: int, act: type[nn.Module] = nn.GELU) -> None:
         super().__init__()
