@@ -101,10 +101,7 @@ class DecoderGraph(nn.Module):
         kh = heads(i2t.k_proj(queries + tokens), h) * (i2t.internal_dim // h) ** -0.5  # 1 x H x N x d
         qh = heads(q0 + self.dense_through(i2t.q_proj, h16, has_mask_input), h)  # 1 x H x hw x d
         attn = torch.softmax(qh @ kh.transpose(2, 3), dim=-1)  # 1 x H x hw x N
-        vh = heads(i2t.v_proj(queries), h)
-        # as Attention.image_to_tokens: the output projection folded into each head's values
-        vo = torch.einsum("bhnd,chd->bhnc", vh, i2t.out_proj.weight.view(-1, h, vh.shape[-1])) + i2t.out_proj.bias / h
-        out = attn.transpose(1, 2).flatten(2) @ vo.flatten(1, 2)  # 1 x hw x C
+        out = attn.transpose(1, 2).flatten(2) @ i2t.values_out(queries)  # 1 x hw x C
         keys = first.norm4(keys + out)
 
         hs, keys = md.transformer.layers_from(1, queries, keys, tokens, key_pe, 1 + md.num_mask_tokens)

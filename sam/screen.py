@@ -76,7 +76,7 @@ class Screen:
         for chunk in points.split(batch):
             labels = torch.ones(len(chunk), 1, dtype=torch.int, device=chunk.device)
             sparse, dense = self.prompt_encoder(points=(chunk[:, None, :], labels), boxes=None, masks=None)
-            dense = dense[:1].to(torch.bfloat16)  # the same no-mask embedding for every prompt
+            # the no-mask dense embedding is in the rows already: dense is not read
             out.append(self.decoder.predict_iou(features, pe, sparse.to(torch.bfloat16), dense, rows).float())
         return torch.cat(out)
 

@@ -214,8 +214,9 @@ class MaskDecoder(nn.Module):
         conv1, norm, act1, conv2, act2 = self.output_upscaling
         x = subpixel_conv(src, conv1)  # B x H x W x 4 x C/4
         x = act1(F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps))
-        x = subpixel_conv(x, conv2, gelu=exact_gelu(act2))  # B x H x W x 4 x 4 x C/8
-        x = x if exact_gelu(act2) else act2(x)
+        fused = exact_gelu(act2)  # then applied by the product as it writes its output
+        x = subpixel_conv(x, conv2, gelu=fused)  # B x H x W x 4 x 4 x C/8
+        x = x if fused else act2(x)
         masks = x.flatten(1, -2) @ hyper_in.transpose(1, 2)  # B x (H W 4 4) x M
         # output pixel (4h + 2a1 + a2, 4w + 2b1 + b2) of subpixels (a1, b1) then (a2, b2)
         masks = masks.view(B, H, W, 2, 2, 2, 2, -1).permute(0, 7, 1, 3, 5, 2, 4, 6)

@@ -134,11 +134,7 @@ class TwoWayAttentionBlock(nn.Module):
 
         kh = i2t._separate_heads(i2t.k_proj(queries + tokens)) * (i2t.internal_dim // h) ** -0.5  # B x H x N x d
         attn = torch.softmax(kh @ rows.qt, dim=2).flatten(1, 2)  # B x HN x hw: each head over its tokens
-        vh = i2t._separate_heads(i2t.v_proj(queries))
-        # as in Attention.image_to_tokens: the output projection folded into each head's values
-        vo = torch.einsum("bhnd,chd->bhnc", vh, i2t.out_proj.weight.view(-1, h, vh.shape[-1]))
-        vo = (vo + i2t.out_proj.bias / h).flatten(1, 2)  # B x HN x C
-        out = torch.baddbmm(rows.keys, attn.transpose(1, 2), vo)  # B x hw x C
+        out = torch.baddbmm(rows.keys, attn.transpose(1, 2), i2t.values_out(queries))  # B x hw x C
         return queries, self.norm4(out)
 
 
@@ -201,6 +197,14 @@ class Attention(nn.Module):
         out = torch.einsum("bhnc,hdc->bnhd", (attn @ v).view(b, h, n, -1), self._per_head(self.v_proj.weight))
         return self.out_proj(out.flatten(2) + self.v_proj.bias)
 
+    def values_out(self, v: torch.Tensor) -> torch.Tensor:
+        """The tokens' values with the output projection folded in, for the image attending to them: v BxNxC
+        -> BxHNxC, head by head. Each head's weights sum to one over its tokens, so bias / H on every value
+        row adds the output bias once."""
+        vh = self._separate_heads(self.v_proj(v))  # B x H x N x d
+        vo = torch.einsum("bhnd,chd->bhnc", vh, self.out_proj.weight.view(-1, self.num_heads, vh.shape[-1]))
+        return (vo + self.out_proj.bias / self.num_heads).flatten(1, 2)
+
     def image_to_tokens(
         self,
         q: torch.Tensor,
@@ -226,11 +230,7 @@ class Attention(nn.Module):
         else:  # B x HN x L, computed as L x HN (as in tokens_to_image)
             scores = torch.baddbmm(bias.transpose(1, 2), q, kq.transpose(1, 2)).transpose(1, 2).contiguous()
         attn = torch.softmax(scores.view(b, h, n, -1), dim=2).view(b, h * n, -1)  # over each head's tokens
-        vh = self._separate_heads(self.v_proj(v))  # B x H x N x d
-        # The output projection goes into each head's values; each head's weights sum to one over its
-        # tokens, so bias / H on every value row adds the output bias once.
-        vo = torch.einsum("bhnd,chd->bhnc", vh, self.out_proj.weight.view(-1, h, vh.shape[-1]))
-        vo = (vo + self.out_proj.bias / h).flatten(1, 2)  # B x HN x C
+        vo = self.values_out(v)
         if residual is None:
             return attn.transpose(1, 2) @ vo
         if inplace and residual.shape[0] == b:
