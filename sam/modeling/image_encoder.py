@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import native
 from .common import LayerNorm2d, MLPBlock, linear
 
 
@@ -129,11 +130,16 @@ class Attention(nn.Module):
         rel_h, rel_w = rel_pos_terms(q, self.rel_pos_h, self.rel_pos_w, (H, W))
         rel_h, rel_w = (t.float().reshape(B * self.num_heads, N, -1) for t in (rel_h, rel_w))
 
-        def add_rel_pos(scores: torch.Tensor, groups: slice, rows: slice) -> None:
-            scores.view(*scores.shape[:-1], H, W).add_(rel_h[groups, rows, :, None]).add_(rel_w[groups, rows, None, :])
+        def weights(scores: torch.Tensor, groups: slice, rows: slice) -> torch.Tensor:
+            rh, rw = rel_h[groups, rows], rel_w[groups, rows]
+            if native.rel_pos_softmax(scores, rh, rw) is not None:  # one pass in C, where it could be built
+                return scores
+            s = scores.float()
+            s.view(*s.shape[:-1], H, W).add_(rh[..., :, None]).add_(rw[..., None, :])
+            return s.softmax(-1).to(scores.dtype)
 
         q, k, v = (t.reshape(B * self.num_heads, N, -1) for t in (q, k, v))
-        x = attention(q, k, v, add_rel_pos, scale=self.scale).view(B, self.num_heads, N, -1)
+        x = attention(q, k, v, weights, scale=self.scale).view(B, self.num_heads, N, -1)
         return linear(x.transpose(1, 2).reshape(B, H, W, -1), self.proj.weight, self.proj.bias)
 
 
@@ -144,16 +150,17 @@ def attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    add_bias: Callable[[torch.Tensor, slice, slice], None],
+    weights: Callable[[torch.Tensor, slice, slice], torch.Tensor],
     *,
     scale: float,
 ) -> torch.Tensor:
-    """softmax(scale * q @ k^T + bias) @ v, the bias added by add_bias(scores, groups, rows) in place.
+    """softmax(scale * q @ k^T + bias) @ v, the softmax and its bias made by weights(scores, groups, rows).
 
-    q, k, v: G x ... x N x d -> G x ... x N x d in v's dtype; scores: g x ... x n x N for the groups and
-    query rows given. The products run in q's dtype; the scores and softmax are fp32 whatever it is
-    (bf16 scores would round by up to 2^-9 of their size). Work goes a block of rows or of whole groups
-    at a time, so the scores stay in cache and no (N x N) matrix of a large N is ever made.
+    q, k, v: G x ... x N x d (one dtype) -> G x ... x N x d; weights gets the scores of the groups and
+    query rows given, g x ... x n x N in q's dtype (it may overwrite them), and returns softmax(scores +
+    bias) in that dtype, computed in fp32 (bf16 scores plus a bias would round by up to 2^-9 of their
+    size). Work goes a block of rows or of whole groups at a time, so the scores stay in cache and no
+    (N x N) matrix of a large N is ever made.
     """
     G, N = q.shape[0], q.shape[-2]
     per_row = q[0, ..., 0, 0].numel() * N
@@ -167,9 +174,7 @@ def attention(
         gs = slice(g, g + groups)
         for i in range(0, N, rows):
             r = slice(i, i + rows)
-            s = products_nt(q[gs, ..., r, :], k[gs]).float()
-            add_bias(s, gs, r)
-            out[gs, ..., r, :] = products_nt(s.softmax(-1).to(v.dtype), vt[gs])
+            out[gs, ..., r, :] = products_nt(weights(products_nt(q[gs, ..., r, :], k[gs]), gs, r), vt[gs])
     return out
 
 

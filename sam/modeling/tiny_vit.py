@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import native
 from .common import LayerNorm2d, linear
 from .image_encoder import attention, window_partition, window_unpartition
 
@@ -155,7 +156,13 @@ class Attention(nn.Module):
         qkv = linear(self.norm(x).to(self.qkv.weight.dtype), self.qkv.weight, self.qkv.bias)
         qkv = qkv.view(B, N, self.num_heads, 3, C // self.num_heads).permute(3, 0, 2, 1, 4)
         bias = self.attention_biases[:, self.attention_bias_idxs].float()  # heads x N x N
-        x = attention(*qkv, lambda scores, _, rows: scores.add_(bias[:, rows]), scale=qkv.shape[-1] ** -0.5)
+
+        def weights(scores: torch.Tensor, groups: slice, rows: slice) -> torch.Tensor:
+            if native.table_softmax(scores, b := bias[:, rows]) is not None:  # one pass in C, where it was built
+                return scores
+            return scores.float().add_(b).softmax(-1).to(scores.dtype)
+
+        x = attention(*qkv, weights, scale=qkv.shape[-1] ** -0.5)
         return linear(x.transpose(1, 2).reshape(B, N, C).to(self.proj.weight.dtype), self.proj.weight, self.proj.bias)
 
 
