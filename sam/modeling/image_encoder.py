@@ -132,7 +132,7 @@ class Attention(nn.Module):
 
         def weights(scores: torch.Tensor, groups: slice, rows: slice) -> torch.Tensor:
             rh, rw = rel_h[groups, rows], rel_w[groups, rows]
-            if native.rel_pos_softmax(scores, rh, rw) is not None:  # one pass in C, where it could be built
+            if native.rel_pos_softmax(scores, rh, rw) is not None:  # one pass in C where the kernel is built
                 return scores
             s = scores.float()
             s.view(*s.shape[:-1], H, W).add_(rh[..., :, None]).add_(rw[..., None, :])

@@ -1,11 +1,10 @@
 """The attention's bias, softmax and cast as one C kernel (softmax.c), for the ViT and TinyViT.
 
 The kernel is compiled on first use with the system's C compiler for the CPU it runs on (`cc -O3
--march=native`) into a cache folder ($XDG_CACHE_HOME/sam/native, else ~/.cache/sam/native), keyed on
-the source, the flags and the CPU's features, and loaded with ctypes. Where it cannot be built or
-loaded (no compiler, not Linux on x86-64, or SAM_NATIVE=0), `rel_pos_softmax` and `table_softmax`
-return None and the caller uses torch's ops: the same results to float rounding, slower. Nothing is
-built on import.
+-march=native`, a fixed argument list, no shell) into CACHE (~/.cache/sam/native), keyed on the source,
+the flags and the CPU's features, and loaded with ctypes. Where it cannot be built or loaded (no
+compiler, not Linux on x86-64) or USE is False, `rel_pos_softmax` and `table_softmax` return None and
+the caller uses torch's ops: the same results to float rounding, slower. Nothing is built on import.
 """
 
 import ctypes
@@ -25,15 +24,18 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 SOURCE = Path(__file__).with_name("softmax.c")
 FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC"]
+COMPILERS = ("cc", "gcc")  # the first found on PATH
+CACHE = Path.home() / ".cache" / "sam" / "native"
+USE = True  # False: torch's ops everywhere, the kernel never built or called
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None | bool = None  # None: not tried yet; False: cannot be used here
 
 
 def enabled() -> bool:
-    """Whether the kernel may be used: SAM_NATIVE is not 0, Linux on x86-64, and torch threads with OpenMP."""
+    """Whether the kernel may be used: USE, Linux on x86-64, and torch threads with OpenMP."""
     return (
-        os.environ.get("SAM_NATIVE", "1") != "0"
+        USE
         and sys.platform == "linux"
         and platform.machine() == "x86_64"
         and "OpenMP" in torch.__config__.parallel_info()
@@ -43,15 +45,13 @@ def enabled() -> bool:
 def library() -> ctypes.CDLL | None:
     """The loaded kernel, built on the first call; None where it cannot be used (warned once)."""
     global _lib
+    if not USE:
+        return None
     if _lib is None:
         with _lock:
             if _lib is None:
                 _lib = _load() or False
     return _lib or None
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sam" / "native"
 
 
 def _cpu_features() -> str:
@@ -65,13 +65,13 @@ def _cpu_features() -> str:
 def _load() -> ctypes.CDLL | None:
     if not enabled():
         return None
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    cc = next(filter(None, map(shutil.which, COMPILERS)), None)
     try:
         if cc is None:
             raise OSError("no C compiler (cc) on PATH")
         source = SOURCE.read_bytes()
         key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), _cpu_features().encode()]))
-        path = _cache_dir() / f"softmax-{key.hexdigest()[:16]}.so"
+        path = CACHE / f"softmax-{key.hexdigest()[:16]}.so"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=path.parent) as tmp:  # built aside, then moved in whole

@@ -158,7 +158,7 @@ class Attention(nn.Module):
         bias = self.attention_biases[:, self.attention_bias_idxs].float()  # heads x N x N
 
         def weights(scores: torch.Tensor, groups: slice, rows: slice) -> torch.Tensor:
-            if native.table_softmax(scores, b := bias[:, rows]) is not None:  # one pass in C, where it was built
+            if native.table_softmax(scores, b := bias[:, rows]) is not None:  # one pass in C where the kernel is built
                 return scores
             return scores.float().add_(b).softmax(-1).to(scores.dtype)
 
