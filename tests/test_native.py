@@ -2,6 +2,7 @@
 by the ViT and TinyViT encoders, and gives way to torch's ops wherever it cannot be built or run."""
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -148,3 +149,9 @@ def test_encoder_same_with_and_without_the_kernel(built, monkeypatch, encoder, d
     used = {n for n, ran in calls[: len(calls) // 2] if ran}  # the first run's calls, with the kernel
     assert used == ({14 * 14, 16 * 16} if encoder == "vit" else {7 * 7, 14 * 14})  # every attention size
     assert rel_err(with_kernel, without) < (1e-5 if dtype == torch.float32 else 1e-2)
+
+
+def test_the_space_installs_a_compiler():
+    """A Space installs the Debian packages listed in packages.txt: gcc, so the kernel builds there."""
+    packages = (Path(__file__).resolve().parents[1] / "packages.txt").read_text().split()
+    assert "gcc" in packages
