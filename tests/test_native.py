@@ -114,6 +114,17 @@ def test_switched_off_or_not_built(built, monkeypatch, tmp_path):
         assert native.library() is None
 
 
+def test_no_home_folder_means_torchs_ops(monkeypatch):
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "CACHE", None)
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    with pytest.warns(RuntimeWarning, match="home directory"):
+        assert native.library() is None
+
+
 def test_built_once_into_the_cache(monkeypatch, tmp_path):
     monkeypatch.setattr(native, "_lib", None)
     monkeypatch.setattr(native, "CACHE", tmp_path / "native")

@@ -25,7 +25,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 SOURCE = Path(__file__).with_name("softmax.c")
 FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC"]
 COMPILERS = ("cc", "gcc")  # the first found on PATH
-CACHE = Path.home() / ".cache" / "sam" / "native"
+CACHE: Path | None = None  # where the build is kept; None: ~/.cache/sam/native
 USE = True  # False: torch's ops everywhere, the kernel never built or called
 
 _lock = threading.Lock()
@@ -71,7 +71,7 @@ def _load() -> ctypes.CDLL | None:
             raise OSError("no C compiler (cc) on PATH")
         source = SOURCE.read_bytes()
         key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), _cpu_features().encode()]))
-        path = CACHE / f"softmax-{key.hexdigest()[:16]}.so"
+        path = (CACHE or Path.home() / ".cache" / "sam" / "native") / f"softmax-{key.hexdigest()[:16]}.so"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=path.parent) as tmp:  # built aside, then moved in whole
@@ -85,7 +85,7 @@ def _load() -> ctypes.CDLL | None:
         lib.table_softmax.argtypes = [ptr, flag, ptr, size, size, size, threads]
         lib.rel_pos_softmax.restype = lib.table_softmax.restype = None
         return lib
-    except (OSError, AttributeError, subprocess.SubprocessError) as e:
+    except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as e:  # RuntimeError: no home
         detail = getattr(e, "stderr", b"") or b""
         warnings.warn(f"sam: the C attention kernel is not used ({e} {detail.decode(errors='replace')[:500]}); "
                       "torch's ops run instead", RuntimeWarning, stacklevel=3)
