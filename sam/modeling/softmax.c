@@ -1,5 +1,6 @@
-// The ViT's attention weights in one pass over each row of scores: the decomposed relative-position bias
-// added, softmax, and the result written over the scores in their own dtype (float32 or bfloat16).
+// The encoders' attention weights in one pass over each row of scores: a bias added (the ViT's decomposed
+// relative positions, or TinyViT's table), softmax, and the result written over the scores in their own
+// dtype (float32 or bfloat16).
 // torch does this as five passes (cast to float32, two adds, softmax, cast back); here each row goes
 // through a float32 buffer the size of one row, which stays in the processor's first-level cache.
 // Built and loaded by sam/modeling/native.py; the threads are OpenMP's, the same runtime as torch's.
