@@ -37,9 +37,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .modeling.mask_decoder import ImageRows
 from .modeling.sam import Sam
 
-EXPORT_VERSION = 2  # part of the cache key: bump it when a graph changes
+EXPORT_VERSION = 3  # part of the cache key: bump it when a graph changes
 OPSET = 18
 INPUT_NAMES = ("image_embeddings", "image_side", "point_coords", "point_labels", "mask_input", "has_mask_input")
 PARTS = ("decoder", "image")  # the graphs, by file name prefix
@@ -88,21 +89,11 @@ class DecoderGraph(nn.Module):
         key_pe = pe.get_dense_pe().flatten(2).transpose(1, 2)
         t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
         k0, v0, q0 = image_side.chunk(3, dim=-1)
-
-        # The first TwoWayAttentionBlock (skip_first_layer_pe), its image side from image_side.
-        queries = first.norm1(first.self_attn(tokens, tokens, tokens))
-        q = heads(t2i.q_proj(queries + tokens), t2i.num_heads) * (t2i.internal_dim // t2i.num_heads) ** -0.5
+        # The first TwoWayAttentionBlock from the image side of image_side, the mask input folded in.
         k = heads(k0 + self.dense_through(t2i.k_proj, h16, has_mask_input), t2i.num_heads)
         v = heads(v0 + self.dense_through(t2i.v_proj, h16, has_mask_input), t2i.num_heads)
-        out = (torch.softmax(q @ k.transpose(2, 3), dim=-1) @ v).transpose(1, 2).flatten(2)
-        queries = first.norm2(queries + t2i.out_proj(out))
-        queries = first.norm3(queries + first.mlp(queries))
-        h = i2t.num_heads
-        kh = heads(i2t.k_proj(queries + tokens), h) * (i2t.internal_dim // h) ** -0.5  # 1 x H x N x d
-        qh = heads(q0 + self.dense_through(i2t.q_proj, h16, has_mask_input), h)  # 1 x H x hw x d
-        attn = torch.softmax(qh @ kh.transpose(2, 3), dim=-1)  # 1 x H x hw x N
-        out = attn.transpose(1, 2).flatten(2) @ i2t.values_out(queries)  # 1 x hw x C
-        keys = first.norm4(keys + out)
+        qt = heads(q0 + self.dense_through(i2t.q_proj, h16, has_mask_input), i2t.num_heads).transpose(2, 3)
+        queries, keys = first.first_from_rows(tokens, ImageRows(keys, key_pe, k, v, qt))
 
         hs, keys = md.transformer.layers_from(1, queries, keys, tokens, key_pe, 1 + md.num_mask_tokens)
         hyper_in, iou_pred = md.read_tokens(hs)
