@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .modeling.common import version
+from .modeling.common import Stamp, same_stamp, stamp
 from .modeling.mask_decoder import ImageRows, MaskDecoder
 from .modeling.prompt_encoder import PromptEncoder
 from .modeling.sam import Sam
@@ -42,13 +42,8 @@ class ImageEmbedding:
 
 
 RECENT_ROWS = 4  # images whose decoder image side is kept (about 15 MB each for ViT-B)
-_recent_rows: "OrderedDict[int, tuple[weakref.ref, list[tuple[torch.Tensor, int]], ImageRows]]" = OrderedDict()
+_recent_rows: "OrderedDict[int, tuple[weakref.ref, Stamp, ImageRows]]" = OrderedDict()
 _recent_lock = threading.Lock()
-
-
-def _same(a: list[tuple[torch.Tensor, int]], b: list[tuple[torch.Tensor, int]]) -> bool:
-    """Whether two lists of (tensor, version) name the same tensors at the same versions."""
-    return len(a) == len(b) and all(x is y and u == v for (x, u), (y, v) in zip(a, b))
 
 
 class SamPredictor:
@@ -235,21 +230,16 @@ class SamPredictor:
         by every predictor of the process (the app makes a predictor per request), while the weights it
         comes from stay as they were."""
         decoder, pe = self.model.mask_decoder, self.model.prompt_encoder
-        first = decoder.transformer.layers[0]
-        projections = (first.cross_attn_token_to_image.k_proj, first.cross_attn_token_to_image.v_proj)
-        projections += (first.cross_attn_image_to_token.q_proj,)
-        weights = [pe.no_mask_embed.weight, pe.pe_layer.positional_encoding_gaussian_matrix]
-        weights += [t for p in projections for t in p.parameters()]
-        stamp = [(t, version(t)) for t in weights]
+        weights = stamp(decoder.transformer.layers[0], pe)  # what the rows are made from
         features = self.features
         with _recent_lock:
             kept = _recent_rows.get(id(features))
-            if kept is not None and kept[0]() is features and _same(kept[1], stamp):
+            if kept is not None and kept[0]() is features and same_stamp(kept[1], weights):
                 _recent_rows.move_to_end(id(features))
                 return kept[2]
         rows = decoder.image_rows(features, pe.get_dense_pe(), pe.no_mask_embed.weight)
         with _recent_lock:
-            _recent_rows[id(features)] = (weakref.ref(features), stamp, rows)
+            _recent_rows[id(features)] = (weakref.ref(features), weights, rows)
             _recent_rows.move_to_end(id(features))
             while len(_recent_rows) > RECENT_ROWS:
                 _recent_rows.popitem(last=False)

@@ -14,14 +14,13 @@ of the run: after `probe` points, if more than `max_kept` of them were kept.
 """
 
 import copy
-import itertools
 import weakref
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from .modeling.common import version
+from .modeling.common import Stamp, same_stamp, stamp
 from .modeling.mask_decoder import MaskDecoder
 from .modeling.sam import Sam
 from .modeling.sam2 import Sam2
@@ -29,16 +28,16 @@ from .precision import bf16_is_fast
 
 MARGIN = 0.1
 
-_copies: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], nn.Module]]" = weakref.WeakKeyDictionary()
+_copies: "weakref.WeakKeyDictionary[nn.Module, tuple[Stamp, nn.Module]]" = weakref.WeakKeyDictionary()
 
 
 def bf16_copy(decoder: nn.Module) -> nn.Module:
     """A bf16 copy of the decoder, made once per decoder (the app builds a generator per request) and made
-    again when its weights have changed in place since (each tensor's version counter says so)."""
-    versions = tuple(version(t) for t in itertools.chain(decoder.parameters(), decoder.buffers()))
+    again when its weights have been replaced or changed in place since (`stamp`)."""
+    weights = stamp(decoder)
     cached = _copies.get(decoder)
-    if cached is None or cached[0] != versions:
-        cached = _copies[decoder] = (versions, copy.deepcopy(decoder).to(torch.bfloat16))
+    if cached is None or not same_stamp(cached[0], weights):
+        cached = _copies[decoder] = (weights, copy.deepcopy(decoder).to(torch.bfloat16))
     return cached[1]
 
 

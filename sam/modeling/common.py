@@ -1,5 +1,7 @@
 """Small building blocks shared by the encoders and the decoder."""
 
+import itertools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -38,6 +40,19 @@ def version(t: torch.Tensor) -> int:
     """t's in-place version counter, which caches of values made from weights compare; -1 for an inference
     tensor (made under torch.inference_mode), which has none and is taken as unchanging."""
     return -1 if t.is_inference() else t._version
+
+
+Stamp = list[tuple[torch.Tensor, int]]
+
+
+def stamp(*modules: nn.Module) -> Stamp:
+    """Every parameter and buffer of the modules with its version: a cache of values made from them keeps
+    it, and `same_stamp` says whether the weights are still those (not replaced, not changed in place)."""
+    return [(t, version(t)) for m in modules for t in itertools.chain(m.parameters(), m.buffers())]
+
+
+def same_stamp(a: Stamp, b: Stamp) -> bool:
+    return len(a) == len(b) and all(x is y and u == v for (x, u), (y, v) in zip(a, b))
 
 
 class MLPBlock(nn.Module):
