@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from PIL import Image
 
 from sam.build import SamConfig, ViTConfig, build_sam
 from sam.cli import main
+from sam.cli.common import results_on_stdout
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
 
@@ -189,3 +191,16 @@ def test_info_and_unsupported_models(files, tmp_path, capsys):
     assert r.returncode == 3 and "SAM 3" in r.stderr and "not supported here" in r.stderr
     r = sam_cli("predict", "model=FastSAM-s.pt", f"source={files / 'images'}", cwd=tmp_path)
     assert r.returncode == 3 and "FastSAM" in r.stderr
+
+
+def test_only_the_main_threads_lines_reach_stdout(capsys):
+    """Results go to stdout; what another thread prints meanwhile (Ray's driver, when a worker dies) to stderr."""
+    with results_on_stdout():
+        print("result")
+        thread = threading.Thread(target=print, args=("(raylet) A worker died",))
+        thread.start()
+        thread.join()
+        assert sys.stdout.encoding
+    print("after")
+    out, err = capsys.readouterr()
+    assert out == "result\nafter\n" and err == "(raylet) A worker died\n"

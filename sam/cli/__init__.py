@@ -10,7 +10,7 @@ import sys
 
 from ..allocator import reuse_freed_memory
 from . import annotate, everything, info, predict
-from .common import CliError
+from .common import CliError, results_on_stdout
 
 COMMANDS = (predict, annotate, everything, info)  # each module has add_parser(subparsers), which sets func=run
 
@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         args.inputs = [*args.inputs, *extra]
     reuse_freed_memory()  # see sam/allocator.py
     try:
-        return int(args.func(args) or 0)
+        with results_on_stdout():
+            return int(args.func(args) or 0)
     except CliError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.code

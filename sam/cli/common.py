@@ -2,9 +2,12 @@
 
 import argparse
 import ast
+import io
 import re
 import sys
+import threading
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -19,6 +22,40 @@ class CliError(Exception):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
+
+
+class ResultsOnStdout(io.TextIOBase):
+    """sys.stdout while a command runs: what the main thread prints (the results) goes to stdout, what other
+    threads print goes to stderr. Ray's driver prints its workers' deaths ("(raylet) A worker died ...") on
+    stdout from a thread of its own, sometimes seconds later; the results stay one per line all the same."""
+
+    def __init__(self, out: io.TextIOBase, err: io.TextIOBase) -> None:
+        self.out, self.err = out, err
+
+    def write(self, text: str) -> int:
+        main = threading.current_thread() is threading.main_thread()
+        return (self.out if main else self.err).write(text)
+
+    def flush(self) -> None:
+        self.out.flush()
+        self.err.flush()
+
+    def isatty(self) -> bool:
+        return self.out.isatty()
+
+    @property
+    def encoding(self) -> str:
+        return self.out.encoding
+
+
+@contextmanager
+def results_on_stdout() -> Iterator[None]:
+    out = sys.stdout
+    sys.stdout = ResultsOnStdout(out, sys.stderr)
+    try:
+        yield
+    finally:
+        sys.stdout = out
 
 
 def numbers(n: int, what: str):
