@@ -1,5 +1,6 @@
 """Small building blocks shared by the encoders and the decoder."""
 
+import functools
 import itertools
 
 import torch
@@ -8,13 +9,19 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 
+@functools.cache
+def onednn_bf16() -> bool:
+    """Whether oneDNN has bf16 products on this CPU (AVX-512 at least: on an AVX2-only CPU it has none)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether x @ weight^T can go to oneDNN: CPU, fp32 or bf16 alike, and no autograd or tracing to serve."""
     return (
         x.device.type == "cpu"
         and x.dtype == weight.dtype
         and weight.is_contiguous()  # a strided weight took minutes where a contiguous one took milliseconds
-        and x.dtype in (torch.float32, torch.bfloat16)
+        and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and onednn_bf16()))
         and torch.backends.mkldnn.is_available()
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
         and not torch.jit.is_tracing()
