@@ -21,8 +21,8 @@ def onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
         x.device.type == "cpu"
         and x.dtype == weight.dtype
         and weight.is_contiguous()  # a strided weight took minutes where a contiguous one took milliseconds
-        and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and onednn_bf16()))
         and torch.backends.mkldnn.is_available()
+        and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and onednn_bf16()))
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
         and not torch.jit.is_tracing()
         and not torch.compiler.is_compiling()
