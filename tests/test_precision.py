@@ -243,14 +243,15 @@ def test_linear_matches_torch(dtype):
     """sam.modeling.common.linear (oneDNN on CPU) against F.linear + GELU, and the aten route where it must go."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from sam.modeling.common import linear, onednn_bf16, onednn_ok
+    from sam.modeling.common import linear, onednn_dtypes, onednn_ok
 
     g = torch.Generator().manual_seed(0)
     x, w, b = (torch.randn(*s, generator=g).to(dtype) for s in ((2, 5, 7, 64), (96, 64), (96,)))
     with torch.no_grad():
-        has_dtype = dtype == torch.float32 or torch.ops.mkldnn._is_mkldnn_bf16_supported()  # none on AVX2-only CPUs
+        avx512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")  # else MKL's fp32, no bf16 in oneDNN
+        has_dtype = torch.ops.mkldnn._is_mkldnn_bf16_supported() if dtype == torch.bfloat16 else avx512
         assert onednn_ok(x, w) == (torch.backends.mkldnn.is_available() and has_dtype)
-        assert onednn_bf16() == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        assert (dtype in onednn_dtypes()) == has_dtype
         assert not onednn_ok(x, w.t().contiguous().t())  # strided weight: aten
         for gelu in (False, True):
             ref = torch.nn.functional.linear(x.float(), w.float(), b.float())
@@ -264,18 +265,20 @@ def test_linear_matches_torch(dtype):
     assert not onednn_ok(x, w.requires_grad_())  # autograd: aten (oneDNN's op has no backward)
 
 
-def test_bf16_products_without_onednn_bf16(monkeypatch):
-    """Where oneDNN has no bf16 products (AVX2-only CPUs: creating one fails), bf16 goes to aten, same numbers."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_products_without_onednn(monkeypatch, dtype):
+    """On an AVX2-only CPU oneDNN has no bf16 products (creating one fails) and MKL's fp32 ones are faster:
+    those products go to torch's, with the same numbers."""
     from sam.modeling import common
 
     g = torch.Generator().manual_seed(0)
-    x, w, b = (torch.randn(*s, generator=g).bfloat16() for s in ((3, 64), (96, 64), (96,)))
-    monkeypatch.setattr(common, "onednn_bf16", lambda: False)
-    assert not common.onednn_ok(x, w) and common.onednn_ok(x.float(), w.float())
+    x, w, b = (torch.randn(*s, generator=g).to(dtype) for s in ((3, 64), (96, 64), (96,)))
+    monkeypatch.setattr(common, "onednn_dtypes", lambda: ())
+    assert not common.onednn_ok(x, w)
     with torch.no_grad():
         out = common.linear(x, w, b, gelu=True)
     ref = torch.nn.functional.gelu(torch.nn.functional.linear(x.float(), w.float(), b.float()))
-    assert out.dtype == torch.bfloat16 and rel_err(out.float(), ref) < 1e-2
+    assert out.dtype == dtype and rel_err(out.float(), ref) < (1e-6 if dtype == torch.float32 else 1e-2)
 
 
 @pytest.mark.parametrize("kind", ["vit", "hiera"])
